@@ -315,6 +315,9 @@ def plot_loss(history):
 def save_gif(frames_list, path, duration_ms=80):
     """Writes an animated GIF, one frame per element of `frames_list`, looping.
 
+    Pillow merges identical consecutive frames into one that is shown for their
+    combined duration, so the file may hold fewer frames than `frames_list`.
+
     Args:
         frames_list: sequence of images, each either a batch (N, H, W, C), tiled
             with `image_grid`, or one image or grid (H, W, C); model space [-1, 1]
