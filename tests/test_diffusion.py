@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+import keras
+from keras import ops
+
+from keras_ddpm import DiffusionModel, NaiveUnet, ddpm_schedule
+from keras_ddpm.data import load_dataset
+
+SHAPE = (32, 32, 3)
+
+
+def small_model(T=100, seed=7, **kwargs):
+    return DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=T, seed=seed, **kwargs)
+
+
+def random_images(n, seed=0, shape=SHAPE):
+    return np.random.default_rng(seed).uniform(-1, 1, (n,) + shape).astype("float32")
+
+
+def test_q_sample_matches_closed_form():
+    model = small_model(T=1000)
+    sched = ddpm_schedule(1e-4, 0.02, 1000)
+    images, noises = random_images(3, 1), random_images(3, 2)
+    t = np.array([1, 500, 1000])
+    out = ops.convert_to_numpy(model.q_sample(images, ops.convert_to_tensor(t), noises))
+    alphabar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
+    expected = (np.sqrt(alphabar[t - 1])[:, None, None, None] * images
+                + np.sqrt(1 - alphabar[t - 1])[:, None, None, None] * noises)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sched["sqrtab"][t], np.sqrt(alphabar[t - 1]), rtol=1e-6)
+
+
+def test_loss_is_the_lectures_mse_with_t_in_1_to_T():
+    """Replays the model's random draws: t ~ U{1..T}, eps ~ N(0, I), input t / T."""
+    T, seed = 50, 3
+    model = small_model(T=T, seed=seed)
+    images = random_images(16)
+    loss = float(model.noise_prediction_loss(ops.convert_to_tensor(images)))
+
+    replay = keras.random.SeedGenerator(seed)
+    t = keras.random.randint((16,), 1, T + 1, dtype="int32", seed=replay)
+    noises = keras.random.normal(images.shape, seed=replay)
+    x_t = model.q_sample(images, t, noises)
+    pred = model.network([x_t, ops.reshape(ops.cast(t, "float32") / T, (-1, 1))])
+    expected = np.mean((ops.convert_to_numpy(noises) - ops.convert_to_numpy(pred)) ** 2)
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+    t = ops.convert_to_numpy(t)
+    assert t.min() >= 1 and t.max() <= T
+
+
+def test_timesteps_cover_1_to_T():
+    model = small_model(T=5, seed=0)
+    draws = np.concatenate([
+        ops.convert_to_numpy(keras.random.randint((256,), 1, 6, seed=model.seed_generator))
+        for _ in range(4)
+    ])
+    assert set(draws.tolist()) == {1, 2, 3, 4, 5}
+
+
+def test_fit_lowers_the_loss_on_shapes():
+    model = small_model(T=200, seed=1)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    dataset = load_dataset("shapes", batch_size=32, num_examples=512, seed=0)
+    history = model.fit(dataset, epochs=4, verbose=0, shuffle=False)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert model.evaluate(dataset.take(2), verbose=0) < losses[0]
+
+
+def test_fit_reads_batch_size_from_data_and_accepts_labels():
+    model = small_model(T=10)
+    model.compile(optimizer="adam")
+    images = random_images(10)
+    labels = np.zeros(10, "int32")
+    history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)  # 4, 4, 2
+    assert np.isfinite(history.history["loss"][0])
+    dataset = load_dataset("shapes", batch_size=3, num_examples=7, with_labels=True)
+    assert np.isfinite(model.fit(dataset, epochs=1, verbose=0, shuffle=False).history["loss"][0])
+
+
+def test_data_with_wrong_channels_is_a_clear_error():
+    model = small_model(T=10)
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match=r"expects \(32, 32, 3\)"):
+        model.fit(random_images(4, shape=(32, 32, 1)), batch_size=2, epochs=1, verbose=0)
+
+
+def test_save_load_samples_identically_and_resumes_training(tmp_path):
+    model = small_model(T=20)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images = random_images(16)
+    model.fit(images, batch_size=8, epochs=1, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+
+    loaded = keras.models.load_model(path)  # safe mode on, no custom_objects
+    assert isinstance(loaded, DiffusionModel)
+    assert (loaded.T, loaded.beta1, loaded.beta2, loaded.schedule) == (20, 1e-4, 0.02, "linear")
+    np.testing.assert_array_equal(
+        loaded.sample(3, seed=9, verbose=0), model.sample(3, seed=9, verbose=0)
+    )
+    np.testing.assert_array_equal(
+        loaded.sample(2, steps=5, seed=9, verbose=0), model.sample(2, steps=5, seed=9, verbose=0)
+    )
+    # The optimizer state (step count and Adam moments) came back.
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 2
+    for original, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(ops.convert_to_numpy(original), ops.convert_to_numpy(restored))
+    loaded.fit(images, batch_size=8, epochs=1, verbose=0)
+    assert int(loaded.optimizer.iterations) == 4
+
+
+def test_config_round_trip():
+    model = small_model(T=30, schedule="cosine", variance="posterior")
+    config = model.get_config()
+    rebuilt = DiffusionModel.from_config(config)
+    assert (rebuilt.T, rebuilt.schedule, rebuilt.variance, rebuilt.seed) == (30, "cosine", "posterior", 7)
+    assert rebuilt.network.count_params() == model.network.count_params()
+
+
+def test_call_predicts_noise_shaped_like_input():
+    model = small_model()
+    out = model([random_images(2), np.full((2, 1), 0.5, "float32")])
+    assert tuple(out.shape) == (2,) + SHAPE
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"beta1": 0.1, "beta2": 0.01}, "beta1 must be smaller than beta2"),
+        ({"T": 0}, "T must be at least 1"),
+        ({"schedule": "sigmoid"}, "Unknown schedule kind"),
+        ({"variance": "learned"}, "variance must be one of"),
+    ],
+)
+def test_bad_model_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionModel(NaiveUnet(SHAPE, n_feat=8), **kwargs)
+
+
+def test_network_must_be_a_model():
+    with pytest.raises(ValueError, match="network must be a keras.Model"):
+        DiffusionModel(keras.layers.Dense(3))
