@@ -1,0 +1,551 @@
+"""The `keras-ddpm` command line: train a DDPM on a dataset, then sample from it.
+
+Two subcommands:
+
+    keras-ddpm train --dataset shapes --epochs 20 --out runs/shapes
+    keras-ddpm sample runs/shapes/model.keras --n 16 --steps 50 --out samples.png
+
+`train` builds a `NaiveUnet` inside a `DiffusionModel`, fits it with Adam and
+writes `model.keras`, `samples.png` and `history.json` to `--out`. `sample`
+loads such a `model.keras` and writes a PNG grid of new images (and, on
+request, a strip of intermediate steps and the raw float images as `.npz`).
+
+Every option is listed, with its default, by `keras-ddpm train --help` and
+`keras-ddpm sample --help`. A bad argument, a missing or damaged file, or an
+invalid setting ends the command with one line on stderr
+(`keras-ddpm: error: ...`) and exit status 2.
+
+This module imports TensorFlow and Keras only inside the commands.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import zipfile
+
+PROG = "keras-ddpm"
+
+# The exit status of every error: the one argparse uses for bad arguments.
+ERROR_STATUS = 2
+
+# Errors that mean "bad input", reported in one line instead of a traceback.
+USER_ERRORS = (ValueError, OSError)  # OSError covers FileNotFoundError.
+
+# Longest error message printed (Keras' loading errors can quote whole configs).
+MAX_MESSAGE_LENGTH = 500
+
+
+class CommandError(Exception):
+    """A problem with the user's input, reported as one line on stderr."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" to each option's help, unless the help gives its own."""
+
+    def _get_help_string(self, action):
+        if "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line: `keras-ddpm: error: ...`."""
+
+    def error(self, message):
+        hint = f"see '{self.prog} --help'"
+        self.exit(ERROR_STATUS, f"{PROG}: error: {message} ({hint})\n")
+
+
+# ------------------------------------------------------------ argument types
+def _positive_int(text):
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    """argparse type: an integer >= 0 (a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text):
+    """argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text):
+    """argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _timestep_list(text):
+    """argparse type: comma-separated timesteps >= 0, e.g. "1000,200,50,0"."""
+    try:
+        timesteps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integer timesteps like 1000,200,50,0, got {text!r}"
+        ) from None
+    if not timesteps or any(t < 0 for t in timesteps):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integer timesteps >= 0 like 1000,200,50,0, got {text!r}"
+        )
+    return timesteps
+
+
+# -------------------------------------------------------------------- parser
+def build_parser():
+    """The `keras-ddpm` argument parser, with the `train` and `sample` subcommands.
+
+    Returns:
+        An `argparse.ArgumentParser`; `parse_args` gives a namespace whose
+        `command` is `"train"` or `"sample"`.
+
+    Example:
+    >>> args = build_parser().parse_args(["sample", "model.keras", "--steps", "50"])
+    >>> args.command, args.steps, args.n
+    ('sample', 50, 16)
+    """
+    parser = _OneLineErrorParser(
+        prog=PROG,
+        description="Train denoising diffusion probabilistic models (DDPM) and sample from them.",
+        epilog=f"Run '{PROG} train --help' or '{PROG} sample --help' for the options.",
+        formatter_class=_HelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = subparsers.add_parser(
+        "train",
+        help="train a DDPM on a dataset and save it",
+        description=(
+            "Train a NaiveUnet noise predictor in a DiffusionModel with Adam, then write "
+            "OUT/model.keras, OUT/samples.png (a grid of samples) and OUT/history.json "
+            "(loss per epoch)."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    train.set_defaults(handler=train_command)
+
+    data = train.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        metavar="NAME",
+        default="shapes",
+        help="dataset to train on (keras_ddpm.data.DATASETS lists them)",
+    )
+    data.add_argument(
+        "--image-size",
+        metavar="PIXELS",
+        type=_positive_int,
+        default=None,
+        help="image height and width, a multiple of 32 (default: the dataset's, 32 for shapes)",
+    )
+    data.add_argument(
+        "--num-examples",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="number of training images (default: the whole split, 8192 for shapes)",
+    )
+
+    diffusion = train.add_argument_group("diffusion")
+    diffusion.add_argument(
+        "--T",
+        metavar="STEPS",
+        type=_positive_int,
+        default=1000,
+        help="number of diffusion steps",
+    )
+    diffusion.add_argument(
+        "--beta1",
+        metavar="BETA",
+        type=_positive_float,
+        default=1e-4,
+        help="beta_1, the noise variance of the first step (linear schedule)",
+    )
+    diffusion.add_argument(
+        "--beta2",
+        metavar="BETA",
+        type=_positive_float,
+        default=0.02,
+        help="beta_T, the noise variance of the last step (linear schedule)",
+    )
+    diffusion.add_argument(
+        "--schedule",
+        choices=("linear", "cosine"),
+        default="linear",
+        help="noise schedule; cosine ignores --beta1 and --beta2",
+    )
+
+    network = train.add_argument_group("network")
+    network.add_argument(
+        "--n-feat",
+        metavar="N",
+        type=_positive_int,
+        default=32,
+        help="U-Net width, a multiple of 8 (the lecture uses 512 at 64x64)",
+    )
+    network.add_argument(
+        "--time-embedding",
+        choices=("learned", "sinusoidal"),
+        default="learned",
+        help="how the U-Net embeds the timestep",
+    )
+
+    optimization = train.add_argument_group("optimization")
+    optimization.add_argument(
+        "--epochs",
+        metavar="N",
+        type=_positive_int,
+        default=20,
+        help="passes over the training images",
+    )
+    optimization.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=_positive_int,
+        default=64,
+        help="images per training step",
+    )
+    optimization.add_argument(
+        "--lr",
+        metavar="RATE",
+        type=_positive_float,
+        default=1e-3,
+        help="Adam learning rate",
+    )
+    optimization.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="seed of the weights, data order, training noise and samples",
+    )
+
+    output = train.add_argument_group("output")
+    output.add_argument(
+        "--n-samples",
+        metavar="N",
+        type=_positive_int,
+        default=16,
+        help="number of images in OUT/samples.png",
+    )
+    output.add_argument(
+        "--sample-steps",
+        metavar="STEPS",
+        type=_positive_int,
+        default=None,
+        help="reverse steps for OUT/samples.png; fewer than T samples with DDIM "
+        "(default: all T steps, the DDPM sampler)",
+    )
+    output.add_argument(
+        "--out",
+        metavar="DIR",
+        default="runs/latest",
+        help="directory for model.keras, samples.png and history.json",
+    )
+
+    sample = subparsers.add_parser(
+        "sample",
+        help="generate images with a saved model",
+        description=(
+            "Load a DiffusionModel saved by 'keras-ddpm train' (MODEL.keras) and write a "
+            "PNG grid of new images. With fewer --steps than the model's T it samples with "
+            "strided DDIM, which is much faster."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    sample.add_argument(
+        "model",
+        metavar="MODEL.keras",
+        help="model file written by 'keras-ddpm train'",
+    )
+    sample.add_argument(
+        "--n",
+        metavar="N",
+        type=_positive_int,
+        default=16,
+        help="number of images",
+    )
+    sample.add_argument(
+        "--steps",
+        metavar="STEPS",
+        type=_positive_int,
+        default=None,
+        help="reverse steps, in 1..T; fewer than T samples with DDIM "
+        "(default: all T steps, the DDPM sampler)",
+    )
+    sample.add_argument(
+        "--eta",
+        type=_non_negative_float,
+        default=0.0,
+        help="DDIM stochasticity, used when --steps < T: 0 is deterministic, "
+        "1 adds DDPM-like noise",
+    )
+    sample.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="seed of the noise; the same seed gives the same images",
+    )
+    sample.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="generate in chunks of this many images to bound memory; the images "
+        "depend on it (default: all --n at once)",
+    )
+    sample.add_argument(
+        "--out",
+        metavar="PNG",
+        default="samples.png",
+        help="path of the PNG grid to write",
+    )
+    sample.add_argument(
+        "--frames",
+        metavar="T1,T2,...",
+        type=_timestep_list,
+        default=None,
+        help="comma-separated timesteps, e.g. 1000,200,50,0: also plot the first image "
+        "at those steps, as a strip in <stem of --out>_frames.png beside --out "
+        "(default: no strip)",
+    )
+    sample.add_argument(
+        "--npz",
+        metavar="PATH",
+        default=None,
+        help="also save the raw float32 images (model space, about [-1, 1]) to this .npz "
+        "file, as 'images' (and 'frames', 'frame_timesteps' with --frames) "
+        "(default: not saved)",
+    )
+    sample.set_defaults(handler=sample_command)
+    return parser
+
+
+# ------------------------------------------------------------------ commands
+def _import_keras():
+    """Imports Keras (and TensorFlow) quietly; returns the `keras` module."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    return keras
+
+
+def train_command(args):
+    """Train a DDPM as `keras-ddpm train` does, write its files and print their paths.
+
+    Args:
+        args: `argparse.Namespace` from `build_parser()` for the `train` command.
+
+    Returns:
+        dict of `"model"`, `"samples"`, `"history"` to the `pathlib.Path` written.
+
+    Example:
+    >>> args = build_parser().parse_args(["train", "--epochs", "1", "--out", "/tmp/run"])
+    >>> paths = train_command(args)
+    """
+    keras = _import_keras()
+    from keras_ddpm import data, plotting
+    from keras_ddpm.diffusion import DiffusionModel
+    from keras_ddpm.unet import NaiveUnet
+
+    out_dir = pathlib.Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CommandError(f"--out {str(out_dir)!r} exists and is not a directory")
+    # Check every setting before the (slow) data generation and training.
+    if args.sample_steps is not None and args.sample_steps > args.T:
+        raise CommandError(f"--sample-steps must be in 1..T = 1..{args.T}, got {args.sample_steps}")
+    image_shape = data.dataset_image_shape(args.dataset, image_size=args.image_size)
+    keras.utils.set_random_seed(args.seed)
+    network = NaiveUnet(image_shape, n_feat=args.n_feat, time_embedding=args.time_embedding)
+    model = DiffusionModel(
+        network,
+        beta1=args.beta1,
+        beta2=args.beta2,
+        T=args.T,
+        schedule=args.schedule,
+        seed=args.seed,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(args.lr))
+    dataset = data.load_dataset(
+        args.dataset,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        seed=args.seed,
+        num_examples=args.num_examples,
+    )
+    height, width, channels = image_shape
+    print(
+        f"Training NaiveUnet (n_feat={args.n_feat}, {network.count_params():,} parameters) "
+        f"on {args.dataset} {height}x{width}x{channels} for {args.epochs} epoch(s) "
+        f"(T={args.T}, {args.schedule} schedule, lr={args.lr:g}).",
+        flush=True,
+    )
+    # The dataset is already shuffled each epoch; fit warns if asked to shuffle it.
+    out_dir.mkdir(parents=True, exist_ok=True)  # Fail now, not after training.
+    history = model.fit(dataset, epochs=args.epochs, shuffle=False, verbose=2)
+
+    paths = {
+        "model": out_dir / "model.keras",
+        "samples": out_dir / "samples.png",
+        "history": out_dir / "history.json",
+    }
+    model.save(paths["model"])
+    losses = {name: [float(value) for value in values] for name, values in history.history.items()}
+    paths["history"].write_text(json.dumps(losses, indent=2) + "\n")
+    print(f"Sampling {args.n_samples} images ...", flush=True)
+    images = model.sample(args.n_samples, steps=args.sample_steps, seed=args.seed)
+    plotting.save_image_grid(images, paths["samples"])
+    for name, path in paths.items():
+        print(f"Wrote {name}: {path}")
+    return paths
+
+
+def _load_diffusion_model(path):
+    """Loads a `DiffusionModel` from a `.keras` file, or raises `CommandError`."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise CommandError(f"model file {str(path)!r} not found")
+    if path.is_dir() or path.suffix != ".keras":
+        raise CommandError(
+            f"{str(path)!r} is not a .keras file (give the model.keras written by "
+            f"'{PROG} train')"
+        )
+    if not zipfile.is_zipfile(path):
+        # Keras would report "File not found" for a damaged archive.
+        raise CommandError(
+            f"could not load {str(path)!r}: the file is corrupt or truncated "
+            "(not a valid .keras zip archive)"
+        )
+    keras = _import_keras()
+    import keras_ddpm  # Registers DiffusionModel and its layers for loading.
+
+    try:
+        model = keras.models.load_model(path)
+    except Exception as error:  # zipfile, h5py, JSON and Keras errors alike.
+        raise CommandError(
+            f"could not load {str(path)!r}: the file is corrupt or truncated "
+            f"({type(error).__name__}: {_one_line(error)})"
+        ) from error
+    if not isinstance(model, keras_ddpm.DiffusionModel):
+        raise CommandError(
+            f"{str(path)!r} holds a {type(model).__name__} ({model.name!r}), not a "
+            f"keras_ddpm.DiffusionModel: give the model.keras written by '{PROG} train' "
+            "(a bare network cannot sample)"
+        )
+    return model
+
+
+def sample_command(args):
+    """Sample images as `keras-ddpm sample` does, write them and print the paths.
+
+    Args:
+        args: `argparse.Namespace` from `build_parser()` for the `sample` command.
+
+    Returns:
+        dict of `"samples"` (and `"frames"`, `"npz"` when asked for) to the
+        `pathlib.Path` written.
+
+    Example:
+    >>> args = build_parser().parse_args(
+    ...     ["sample", "runs/latest/model.keras", "--steps", "50", "--frames", "1000,0"])
+    >>> paths = sample_command(args)
+    """
+    out_path = pathlib.Path(args.out)
+    if out_path.suffix.lower() != ".png":
+        raise CommandError(f"--out must be a .png path, got {args.out!r}")
+    model = _load_diffusion_model(args.model)
+    import numpy as np
+
+    from keras_ddpm import plotting
+
+    result = model.sample(
+        args.n,
+        steps=args.steps,
+        eta=args.eta,
+        seed=args.seed,
+        frames=args.frames,
+        batch_size=args.batch_size,
+    )
+    images, frames = result if args.frames is not None else (result, None)
+    paths = {"samples": plotting.save_image_grid(images, out_path)}
+    if frames is not None:
+        paths["frames"] = out_path.with_name(f"{out_path.stem}_frames.png")
+        figure = plotting.plot_frames(frames, index=0)
+        figure.savefig(paths["frames"])
+    if args.npz is not None:
+        paths["npz"] = pathlib.Path(args.npz)
+        paths["npz"].parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"images": images}
+        if frames is not None:
+            timesteps = sorted(frames, reverse=True)
+            arrays["frame_timesteps"] = np.array(timesteps, dtype=np.int32)
+            arrays["frames"] = np.stack([frames[t] for t in timesteps])
+        np.savez(paths["npz"], **arrays)
+    for name, path in paths.items():
+        print(f"Wrote {name}: {path}")
+    return paths
+
+
+def _one_line(error, max_length=MAX_MESSAGE_LENGTH):
+    """The message of `error` on one line, shortened to `max_length` characters."""
+    text = " ".join(str(error).split())
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.strerror}: {error.filename!r}"
+    if len(text) > max_length:
+        text = text[: max_length - 3] + "..."
+    return text or type(error).__name__
+
+
+def main(argv=None):
+    """Run the `keras-ddpm` command line; returns the exit status (0 on success).
+
+    Errors in the arguments or the files end the run with `SystemExit(2)` after
+    one line on stderr (`keras-ddpm: error: ...`), never a traceback.
+
+    Args:
+        argv: list of str or None. The arguments without the program name;
+            None reads `sys.argv[1:]`.
+
+    Example:
+    >>> main(["train", "--epochs", "1", "--num-examples", "256", "--out", "/tmp/run"])
+    0
+    >>> main(["sample", "/tmp/run/model.keras", "--steps", "20", "--out", "/tmp/s.png"])
+    0
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except (CommandError, *USER_ERRORS) as error:
+        parser.exit(ERROR_STATUS, f"{PROG}: error: {_one_line(error)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

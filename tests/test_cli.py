@@ -1,0 +1,326 @@
+"""Tests for the `keras-ddpm` command line (keras_ddpm.cli), run in-process on tiny settings."""
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_ddpm
+from keras_ddpm import cli
+
+# Every option of each subcommand, written out independently of the parser.
+TRAIN_OPTIONS = (
+    "--dataset",
+    "--image-size",
+    "--num-examples",
+    "--T",
+    "--beta1",
+    "--beta2",
+    "--schedule",
+    "--n-feat",
+    "--time-embedding",
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--seed",
+    "--n-samples",
+    "--sample-steps",
+    "--out",
+)
+SAMPLE_OPTIONS = (
+    "--n",
+    "--steps",
+    "--eta",
+    "--seed",
+    "--batch-size",
+    "--out",
+    "--frames",
+    "--npz",
+)
+
+# Tiny training run: 2 steps of 32 images, T = 20.
+TINY_TRAIN_ARGS = [
+    "train",
+    "--num-examples",
+    "64",
+    "--epochs",
+    "1",
+    "--n-feat",
+    "8",
+    "--T",
+    "20",
+    "--batch-size",
+    "32",
+    "--n-samples",
+    "4",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """Trains once with TINY_TRAIN_ARGS; returns (output directory, printed text)."""
+    out_dir = tmp_path_factory.mktemp("run")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = cli.main(TINY_TRAIN_ARGS + ["--out", str(out_dir)])
+    assert status == 0
+    return out_dir, printed.getvalue()
+
+
+def _assert_png(path, width=None, height=None):
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+    with Image.open(path) as image:
+        if width is not None:
+            assert image.size == (width, height)
+
+
+def _run_error(argv, capsys):
+    """Runs `cli.main(argv)`, expecting exit status 2; returns the stderr text."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("keras-ddpm: error: ")
+    return lines[0]
+
+
+# --- train -------------------------------------------------------------------------------
+
+
+def test_train_writes_model_samples_and_history(trained_run):
+    out_dir, printed = trained_run
+    model_path = out_dir / "model.keras"
+    samples_path = out_dir / "samples.png"
+    history_path = out_dir / "history.json"
+    for path in (model_path, samples_path, history_path):
+        assert path.is_file()
+        assert str(path) in printed
+
+    model = keras.models.load_model(model_path)
+    assert isinstance(model, keras_ddpm.DiffusionModel)
+    assert model.T == 20
+    assert model.image_shape == (32, 32, 3)
+
+    history = json.loads(history_path.read_text())
+    assert len(history["loss"]) == 1
+    assert np.isfinite(history["loss"][0])
+
+    # 4 images of 32x32 in a 2x2 grid with 2-pixel borders: 2 + 2 * (32 + 2) = 70.
+    _assert_png(samples_path, 70, 70)
+
+
+def test_parser_defaults():
+    train_args = cli.build_parser().parse_args(["train"])
+    assert (train_args.dataset, train_args.image_size, train_args.num_examples) == (
+        "shapes",
+        None,
+        None,
+    )
+    assert (train_args.n_feat, train_args.epochs, train_args.batch_size) == (32, 20, 64)
+    assert (train_args.lr, train_args.T, train_args.beta1, train_args.beta2) == (
+        1e-3,
+        1000,
+        1e-4,
+        0.02,
+    )
+    assert (train_args.schedule, train_args.time_embedding, train_args.seed) == (
+        "linear",
+        "learned",
+        0,
+    )
+    assert (train_args.sample_steps, train_args.n_samples, train_args.out) == (
+        None,
+        16,
+        "runs/latest",
+    )
+
+    sample_args = cli.build_parser().parse_args(["sample", "m.keras", "--frames", "1000,200,50,0"])
+    assert (sample_args.model, sample_args.n, sample_args.steps, sample_args.eta) == (
+        "m.keras",
+        16,
+        None,
+        0.0,
+    )
+    assert (sample_args.seed, sample_args.batch_size, sample_args.out, sample_args.npz) == (
+        0,
+        None,
+        "samples.png",
+        None,
+    )
+    assert sample_args.frames == [1000, 200, 50, 0]
+
+
+# --- sample ------------------------------------------------------------------------------
+
+
+def test_sample_writes_grid_frames_and_npz(trained_run, tmp_path):
+    out_dir, _ = trained_run
+    out_path = tmp_path / "new" / "grid.png"
+    npz_path = tmp_path / "raw.npz"
+    status = cli.main(
+        [
+            "sample",
+            str(out_dir / "model.keras"),
+            "--steps",
+            "5",
+            "--n",
+            "4",
+            "--frames",
+            "20,5,0",
+            "--out",
+            str(out_path),
+            "--npz",
+            str(npz_path),
+        ]
+    )
+    assert status == 0
+    _assert_png(out_path, 70, 70)
+    _assert_png(tmp_path / "new" / "grid_frames.png")
+
+    with np.load(npz_path) as arrays:
+        assert arrays["images"].shape == (4, 32, 32, 3)
+        assert arrays["images"].dtype == np.float32
+        assert list(arrays["frame_timesteps"]) == [20, 5, 0]
+        assert arrays["frames"].shape == (3, 4, 32, 32, 3)
+        # The frame at t = 0 is the final sample.
+        np.testing.assert_array_equal(arrays["frames"][-1], arrays["images"])
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def test_sample_missing_file(tmp_path, capsys):
+    line = _run_error(["sample", str(tmp_path / "nothing.keras")], capsys)
+    assert "nothing.keras" in line and "not found" in line
+
+
+def test_sample_not_a_keras_file(tmp_path, capsys):
+    path = tmp_path / "weights.h5"
+    path.write_bytes(b"\x89HDF")
+    line = _run_error(["sample", str(path)], capsys)
+    assert "weights.h5" in line and "is not a .keras file" in line
+
+
+def test_sample_truncated_file(trained_run, tmp_path, capsys):
+    whole = (trained_run[0] / "model.keras").read_bytes()
+    path = tmp_path / "truncated.keras"
+    path.write_bytes(whole[: len(whole) // 2])
+    line = _run_error(["sample", str(path)], capsys)
+    assert "truncated.keras" in line and "corrupt or truncated" in line
+
+
+def test_sample_zip_with_bad_contents(tmp_path, capsys):
+    path = tmp_path / "broken.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{not json")
+        archive.writestr("metadata.json", "{}")
+    line = _run_error(["sample", str(path)], capsys)
+    assert "broken.keras" in line and "corrupt or truncated" in line
+
+
+def test_sample_bare_network_file(tmp_path, capsys):
+    path = tmp_path / "network.keras"
+    keras_ddpm.NaiveUnet((32, 32, 3), n_feat=8).save(path)
+    line = _run_error(["sample", str(path)], capsys)
+    assert "not a keras_ddpm.DiffusionModel" in line
+
+
+@pytest.mark.parametrize(
+    "extra_args, words",
+    [
+        (["--steps", "0"], ["--steps", "positive integer"]),
+        (["--steps", "50"], ["steps", "1..20"]),
+        (["--frames", "1000,x"], ["--frames", "timesteps"]),
+        (["--frames", "50,0", "--steps", "5"], ["frames", "0..20"]),
+        (["--out", "grid.jpg"], ["--out", ".png"]),
+    ],
+    ids=["steps-zero", "steps-above-T", "bad-frames", "frames-above-T", "out-not-png"],
+)
+def test_sample_bad_options(trained_run, extra_args, words, capsys):
+    argv = ["sample", str(trained_run[0] / "model.keras"), "--n", "1"] + extra_args
+    line = _run_error(argv, capsys)
+    for word in words:
+        assert word in line
+
+
+@pytest.mark.parametrize(
+    "extra_args, words",
+    [
+        (["--image-size", "48"], ["image_size", "multiple of 32", "48"]),
+        (["--dataset", "no-such-data"], ["Unknown dataset", "no-such-data", "shapes"]),
+        (["--n-feat", "12"], ["n_feat", "multiple of 8"]),
+        (["--beta1", "0.5", "--beta2", "0.1"], ["beta1", "beta2"]),
+        (["--T", "10", "--sample-steps", "20"], ["--sample-steps", "1..10"]),
+        (["--schedule", "quadratic"], ["--schedule", "quadratic"]),
+        (["--epochs", "0"], ["--epochs", "positive integer"]),
+        (["--seed", "-1"], ["--seed", ">= 0"]),
+    ],
+    ids=["image-size", "dataset", "n-feat", "betas", "sample-steps", "schedule", "epochs", "seed"],
+)
+def test_train_bad_options(extra_args, words, tmp_path, capsys):
+    line = _run_error(["train", "--out", str(tmp_path / "run")] + extra_args, capsys)
+    for word in words:
+        assert word in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_command(capsys):
+    line = _run_error([], capsys)
+    assert "COMMAND" in line
+
+
+# --- help --------------------------------------------------------------------------------
+
+
+def test_parser_has_exactly_the_documented_options():
+    subparsers = next(
+        action
+        for action in cli.build_parser()._actions
+        if isinstance(action, cli.argparse._SubParsersAction)
+    )
+    for command, expected in (("train", TRAIN_OPTIONS), ("sample", SAMPLE_OPTIONS)):
+        options = {
+            option
+            for action in subparsers.choices[command]._actions
+            for option in action.option_strings
+        }
+        assert options - {"-h", "--help"} == set(expected)
+
+
+def test_console_script_help():
+    """`python -m keras_ddpm.cli --help` runs the real entry point and lists the commands."""
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_ddpm.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "train" in result.stdout and "sample" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [("train", TRAIN_OPTIONS), ("sample", SAMPLE_OPTIONS)],
+)
+def test_command_help_lists_every_option(command, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    words = capsys.readouterr().out.split()
+    for option in expected:
+        assert option in words, option
+    assert "(default:" in " ".join(words)
