@@ -9,9 +9,18 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The imports below register the serializable classes: keep them eager.
-from keras_ddpm.layers import Conv3Layer, TimeLayer, UnetDownLayer, UnetUpLayer
-from keras_ddpm.schedule import ddpm_schedule
-from keras_ddpm.unet import NaiveUnet
+from keras_ddpm.diffusion import DiffusionModel  # noqa: E402
+from keras_ddpm.layers import Conv3Layer, TimeLayer, UnetDownLayer, UnetUpLayer  # noqa: E402
+from keras_ddpm.schedule import ddpm_schedule  # noqa: E402
+from keras_ddpm.unet import NaiveUnet  # noqa: E402
 
+__all__ = [
+    "Conv3Layer",
+    "DiffusionModel",
+    "NaiveUnet",
+    "TimeLayer",
+    "UnetDownLayer",
+    "UnetUpLayer",
+    "ddpm_schedule",
+]
 __version__ = "0.1.0"
-from keras_ddpm.diffusion import DiffusionModel
