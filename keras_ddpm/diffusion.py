@@ -10,6 +10,7 @@ References:
     arXiv:2006.11239 (2020), Algorithms 1 and 2.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -308,25 +309,22 @@ class DiffusionModel(keras.Model):
             timesteps, prev_timesteps = sampling.ddpm_timesteps(self.T)
         else:
             timesteps, prev_timesteps = sampling.strided_timesteps(self.T, steps)
-        boundaries = _segment_boundaries(prev_timesteps, frame_times, verbose)
+        plan = _SamplingPlan(
+            timesteps=timesteps,
+            prev_timesteps=prev_timesteps,
+            boundaries=_segment_boundaries(prev_timesteps, frame_times, verbose),
+            frame_times=frame_times,
+            eta=float(eta),
+            options=(sampler, bool(clip_x0), self.variance),
+        )
 
         chunks, frame_chunks = [], {t: [] for t in frame_times}
         progbar = keras.utils.Progbar(math.ceil(n / batch_size) * steps) if verbose else None
         for chunk_index, chunk_start in enumerate(range(0, n, batch_size)):
             chunk_size = min(batch_size, n - chunk_start)
-            images, chunk_frames = self._sample_chunk(
-                chunk_size,
-                seed,
-                chunk_index * (steps + 1),
-                timesteps,
-                prev_timesteps,
-                boundaries,
-                frame_times,
-                sampler,
-                eta,
-                clip_x0,
-                progbar,
-            )
+            # Chunk k draws from seeds (seed, k * (steps + 1) + 0..steps).
+            base_seed = np.array([seed % (2**31 - 1), chunk_index * (steps + 1)], np.int32)
+            images, chunk_frames = self._sample_chunk(chunk_size, base_seed, plan, progbar)
             chunks.append(images)
             for t in frame_times:
                 frame_chunks[t].append(chunk_frames[t])
@@ -335,39 +333,25 @@ class DiffusionModel(keras.Model):
             return images
         return images, {t: np.concatenate(frame_chunks[t], axis=0) for t in frame_times}
 
-    def _sample_chunk(
-        self,
-        n,
-        seed,
-        offset,
-        timesteps,
-        prev_timesteps,
-        boundaries,
-        frame_times,
-        sampler,
-        eta,
-        clip_x0,
-        progbar,
-    ):
-        base_seed = np.array([seed % (2**31 - 1), offset], dtype=np.int32)
+    def _sample_chunk(self, n, base_seed, plan, progbar):
+        """Sample `n` images: x_T from `base_seed`, step i's noise from base + (0, 1 + i)."""
         x = sampling.stateless_normal((n,) + self.image_shape, ops.convert_to_tensor(base_seed))
         segment = self._segment_function()
-        options = (sampler, bool(clip_x0), self.variance)
-        recorded = {t: ops.convert_to_numpy(x) for t in frame_times if t >= timesteps[0]}
+        recorded = {t: ops.convert_to_numpy(x) for t in plan.frame_times if t >= plan.timesteps[0]}
         start = 0
-        for stop in boundaries:
+        for stop in plan.boundaries:
             x = segment(
                 x,
-                ops.convert_to_tensor(timesteps),
-                ops.convert_to_tensor(prev_timesteps),
+                ops.convert_to_tensor(plan.timesteps),
+                ops.convert_to_tensor(plan.prev_timesteps),
                 ops.convert_to_tensor(base_seed + np.array([0, 1], np.int32)),
                 ops.convert_to_tensor(start, "int32"),
                 ops.convert_to_tensor(stop, "int32"),
-                ops.convert_to_tensor(eta, "float32"),
-                options,
+                ops.convert_to_tensor(plan.eta, "float32"),
+                plan.options,
             )
-            landed = int(prev_timesteps[stop - 1])
-            for t in frame_times:
+            landed = int(plan.prev_timesteps[stop - 1])
+            for t in plan.frame_times:
                 if t not in recorded and landed <= t:
                     recorded[t] = ops.convert_to_numpy(x)
             if progbar is not None:
@@ -394,6 +378,18 @@ class DiffusionModel(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SamplingPlan:
+    """What one `sample` call runs: the timesteps, where to stop, the options."""
+
+    timesteps: np.ndarray  # Current timestep of each step.
+    prev_timesteps: np.ndarray  # Timestep each step lands on.
+    boundaries: list  # End index of each compiled segment.
+    frame_times: list  # Requested frame timesteps, descending.
+    eta: float
+    options: tuple  # (sampler, clip_x0, variance): fixed at trace time.
 
 
 def _segment_boundaries(prev_timesteps, frame_times, verbose, progress_segments=20):
