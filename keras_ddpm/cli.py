@@ -38,7 +38,11 @@ MAX_MESSAGE_LENGTH = 500
 
 
 class CommandError(Exception):
-    """A problem with the user's input, reported as one line on stderr."""
+    """A problem with the user's input, reported as one line on stderr.
+
+    Example:
+    >>> raise CommandError("model.keras not found")
+    """
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -83,7 +83,11 @@ def strided_timesteps(T, steps):
 
 
 def check_steps(steps, T):
-    """Raise `ValueError` unless `steps` is an integer in 1..T."""
+    """Raise `ValueError` unless `steps` is an integer in 1..T.
+
+    Example:
+    >>> check_steps(50, 1000)
+    """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
         raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}.")
     if not 1 <= steps <= T:
