@@ -33,6 +33,12 @@ ERROR_STATUS = 2
 # Errors that mean "bad input", reported in one line instead of a traceback.
 USER_ERRORS = (ValueError, OSError)  # OSError covers FileNotFoundError.
 
+CLIP_X0_HELP = (
+    "clip the predicted clean image to [-1, 1] inside every reverse step, as Ho et al.'s "
+    "released code does; --no-clip-x0 runs the lecture's formula exactly (a briefly "
+    "trained model can then drift out of range)"
+)
+
 # Longest error message printed (Keras' loading errors can quote whole configs).
 MAX_MESSAGE_LENGTH = 500
 
@@ -267,6 +273,12 @@ def build_parser():
         "(default: all T steps, the DDPM sampler)",
     )
     output.add_argument(
+        "--clip-x0",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=CLIP_X0_HELP,
+    )
+    output.add_argument(
         "--out",
         metavar="DIR",
         default="runs/latest",
@@ -329,6 +341,12 @@ def build_parser():
         metavar="PNG",
         default="samples.png",
         help="path of the PNG grid to write",
+    )
+    sample.add_argument(
+        "--clip-x0",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=CLIP_X0_HELP,
     )
     sample.add_argument(
         "--frames",
@@ -423,7 +441,9 @@ def train_command(args):
     losses = {name: [float(value) for value in values] for name, values in history.history.items()}
     paths["history"].write_text(json.dumps(losses, indent=2) + "\n")
     print(f"Sampling {args.n_samples} images ...", flush=True)
-    images = model.sample(args.n_samples, steps=args.sample_steps, seed=args.seed)
+    images = model.sample(
+        args.n_samples, steps=args.sample_steps, seed=args.seed, clip_x0=args.clip_x0
+    )
     plotting.save_image_grid(images, paths["samples"])
     for name, path in paths.items():
         print(f"Wrote {name}: {path}")
@@ -493,6 +513,7 @@ def sample_command(args):
         steps=args.steps,
         eta=args.eta,
         seed=args.seed,
+        clip_x0=args.clip_x0,
         frames=args.frames,
         batch_size=args.batch_size,
     )

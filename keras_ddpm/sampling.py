@@ -262,7 +262,10 @@ def compile_function(fn, jit_compile=False):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, jit_compile=bool(jit_compile), reduce_retracing=True)
+        # The loops are explicit (ops.fori_loop): no AutoGraph conversion needed.
+        return tf.function(
+            fn, jit_compile=bool(jit_compile), reduce_retracing=True, autograph=False
+        )
     if backend == "jax":
         import jax
 

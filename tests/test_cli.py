@@ -32,6 +32,8 @@ TRAIN_OPTIONS = (
     "--seed",
     "--n-samples",
     "--sample-steps",
+    "--clip-x0",
+    "--no-clip-x0",
     "--out",
 )
 SAMPLE_OPTIONS = (
@@ -43,6 +45,8 @@ SAMPLE_OPTIONS = (
     "--out",
     "--frames",
     "--npz",
+    "--clip-x0",
+    "--no-clip-x0",
 )
 
 # Tiny training run: 2 steps of 32 images, T = 20.
@@ -320,7 +324,7 @@ def test_command_help_lists_every_option(command, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
     assert exit_info.value.code == 0
-    words = capsys.readouterr().out.split()
+    words = [word.strip(",[]") for word in capsys.readouterr().out.split()]
     for option in expected:
         assert option in words, option
     assert "(default:" in " ".join(words)
