@@ -132,7 +132,7 @@ def test_parser_defaults():
         None,
         None,
     )
-    assert (train_args.n_feat, train_args.epochs, train_args.batch_size) == (32, 20, 64)
+    assert (train_args.n_feat, train_args.epochs, train_args.batch_size) == (16, 6, 32)
     assert (train_args.lr, train_args.T, train_args.beta1, train_args.beta2) == (
         1e-3,
         1000,
