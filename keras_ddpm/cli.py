@@ -432,7 +432,7 @@ def train_command(args):
     )
     # The dataset is already shuffled each epoch; fit warns if asked to shuffle it.
     out_dir.mkdir(parents=True, exist_ok=True)  # Fail now, not after training.
-    history = model.fit(dataset, epochs=args.epochs, shuffle=False, verbose=2)
+    history = model.fit(dataset, epochs=args.epochs, verbose=2)
 
     paths = {
         "model": out_dir / "model.keras",

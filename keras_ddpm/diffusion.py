@@ -168,6 +168,19 @@ class DiffusionModel(keras.Model):
         )
         return ops.mean(ops.square(noises - pred_noises))
 
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`; a `tf.data.Dataset` is not reshuffled by Keras.
+
+        Datasets from `keras_ddpm.data.load_dataset` shuffle themselves, so
+        `shuffle` defaults to False for them (Keras would ignore it and warn).
+
+        Example:
+        >>> model.fit(load_dataset("shapes", batch_size=32), epochs=1)
+        """
+        if type(x).__module__.startswith("tensorflow") and len(args) < 7:
+            kwargs.setdefault("shuffle", False)
+        return super().fit(x, *args, **kwargs)
+
     def train_step(self, data):
         """One optimisation step (TensorFlow backend); called by `fit`."""
         import tensorflow as tf

@@ -61,7 +61,7 @@ def test_fit_lowers_the_loss_on_shapes():
     model = small_model(T=200, seed=1)
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
     dataset = load_dataset("shapes", batch_size=32, num_examples=512, seed=0)
-    history = model.fit(dataset, epochs=4, verbose=0, shuffle=False)
+    history = model.fit(dataset, epochs=4, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < 0.6 * losses[0], losses
     assert model.evaluate(dataset.take(2), verbose=0) < losses[0]
@@ -75,7 +75,7 @@ def test_fit_reads_batch_size_from_data_and_accepts_labels():
     history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)  # 4, 4, 2
     assert np.isfinite(history.history["loss"][0])
     dataset = load_dataset("shapes", batch_size=3, num_examples=7, with_labels=True)
-    assert np.isfinite(model.fit(dataset, epochs=1, verbose=0, shuffle=False).history["loss"][0])
+    assert np.isfinite(model.fit(dataset, epochs=1, verbose=0).history["loss"][0])
 
 
 def test_data_with_wrong_channels_is_a_clear_error():
@@ -141,3 +141,15 @@ def test_bad_model_arguments(kwargs, match):
 def test_network_must_be_a_model():
     with pytest.raises(ValueError, match="network must be a keras.Model"):
         DiffusionModel(keras.layers.Dense(3))
+
+
+def test_fit_on_a_dataset_does_not_warn_about_shuffle():
+    import warnings
+
+    model = small_model(T=10)
+    model.compile(optimizer="adam")
+    dataset = load_dataset("shapes", batch_size=8, num_examples=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(dataset, epochs=1, verbose=0)
+    assert not [w for w in caught if "shuffle" in str(w.message)]
