@@ -20,6 +20,7 @@ This module imports TensorFlow and Keras only inside the commands.
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import sys
@@ -69,48 +70,29 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------ argument types
-def _positive_int(text):
-    """argparse type: an integer > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number_type(convert, minimum, strict, description):
+    """An argparse type: a finite number from `convert`, above `minimum`.
+
+    With `strict` the number must be > `minimum`, else >= `minimum`.
+    """
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
+        too_small = value <= minimum if strict else value < minimum
+        if too_small or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text):
-    """argparse type: an integer >= 0 (a seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text):
-    """argparse type: a finite float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0.0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _non_negative_float(text):
-    """argparse type: a finite float >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+_positive_int = _number_type(int, 0, True, "a positive integer")
+_non_negative_int = _number_type(int, 0, False, "an integer >= 0")
+_positive_float = _number_type(float, 0.0, True, "a positive number")
+_non_negative_float = _number_type(float, 0.0, False, "a number >= 0")
 
 
 def _timestep_list(text):
