@@ -1,4 +1,6 @@
-"""Datasets for training DDPMs: a procedural "shapes" set and a `tf.data` loader.
+"""Datasets for training DDPMs: a procedural "shapes" set, CIFAR-10, cats at 64x64
+(both through TensorFlow Datasets) and folders of images, all served by one `tf.data`
+loader, `load_dataset`.
 
 The shapes dataset is small and easy on purpose: one upright shape (disc, square or
 triangle) in a bright colour on a dark plain background, so that a small U-Net can learn
@@ -9,6 +11,10 @@ diffusion model is trained on. `to_model_range` is the one conversion from uint8
 """
 
 import dataclasses
+import functools
+import os
+import socket
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -180,10 +186,230 @@ def make_shapes(num_examples, image_size=32, seed=0):
     return images, labels
 
 
-def _build_shapes(split, image_size, num_examples, data_dir, download):
-    """Builds a split of the shapes dataset in memory (`data_dir`, `download` unused)."""
+class DatasetNotFoundError(FileNotFoundError):
+    """Raised when a dataset is not on disk and cannot be downloaded.
+
+    Either `download=False` was asked for, or there is no internet connection. The
+    message says where the dataset was looked for and how to copy it there by hand.
+    """
+
+
+# Examples kept in the shuffle buffer: the whole of every built-in training split.
+SHUFFLE_BUFFER_SIZE = 10_000
+
+# Seconds to wait for the download host before deciding there is no internet.
+CONNECTION_TIMEOUT = 5.0
+
+# Image files read from folders (by extension, any case) and the formats they must hold.
+IMAGE_FILE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_FILE_FORMATS = ("JPEG", "PNG")
+
+# Default height and width of images read from a folder.
+FOLDER_IMAGE_SIZE = 64
+
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+CATS_CLASSES = ("cat",)
+
+# Label of the cats in TFDS `cats_vs_dogs` (1 is dog).
+TFDS_CAT_LABEL = 0
+
+
+def _center_crop_and_resize(image, image_size):
+    """Crops the central square of a uint8 image and resizes it, still uint8.
+
+    Images stay uint8 until after the cache: a quarter of the memory of float32.
+
+    Args:
+        image: uint8 tensor (H, W, C) of any height and width.
+        image_size: int. Output height and width.
+
+    Returns:
+        uint8 tensor (image_size, image_size, C).
+    """
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    side = tf.minimum(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = image[top : top + side, left : left + side]
+    # Antialiasing matters when shrinking (big photos to 64x64); bilinear weights are
+    # convex, so the values stay in [0, 255].
+    resized = tf.image.resize(square, (image_size, image_size), antialias=True)
+    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+
+
+def _to_image_size(image, image_size):
+    """Centre-crops and resizes a uint8 image, unless it already has the size."""
+    static_shape = image.shape
+    if static_shape[0] == image_size and static_shape[1] == image_size:
+        return image
+    return _center_crop_and_resize(image, image_size)
+
+
+def _build_shapes(split, image_size, class_ids, num_examples, data_dir, download):
+    """The shapes dataset, generated in memory (`data_dir`, `download` unused).
+
+    `num_examples` images are generated, then filtered by class.
+    """
     del data_dir, download  # generated, nothing to read or fetch
-    return make_shapes(num_examples, image_size=image_size, seed=SHAPE_SPLIT_SEEDS[split])
+    images, labels = make_shapes(
+        num_examples, image_size=image_size, seed=SHAPE_SPLIT_SEEDS[split]
+    )
+    if class_ids is not None:
+        keep = np.isin(labels, class_ids)
+        images, labels = images[keep], labels[keep]
+    return tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+
+
+def _manual_download_hint(tfds_name, data_root):
+    """The instructions, for a DatasetNotFoundError, to put a TFDS dataset in place."""
+    return (
+        f"To get it there, run once on a machine with internet:\n"
+        f"    python -c \"import tensorflow_datasets as tfds; "
+        f"tfds.load('{tfds_name}', data_dir='data')\"\n"
+        f"then copy the folder data/{tfds_name} to {os.path.join(data_root, tfds_name)} "
+        f"on this machine (see data/README.md)."
+    )
+
+
+def _check_connection(host, timeout=CONNECTION_TIMEOUT):
+    """Raises OSError if a TCP connection to `host` port 443 fails within `timeout` s."""
+    with socket.create_connection((host, 443), timeout=timeout):
+        pass
+
+
+def _remove_new_paths(paths_before, candidates):
+    """Removes each path of `candidates` that exists now but not in `paths_before`."""
+    for path in candidates:
+        if path not in paths_before and tf.io.gfile.exists(path):
+            tf.io.gfile.rmtree(path)
+
+
+def _prepare_tfds(tfds_name, download_host, data_dir, download):
+    """Returns the TFDS builder of `tfds_name`, prepared in `data_dir`.
+
+    A prepared dataset is used as it is, without any network access. A missing one
+    raises `DatasetNotFoundError` at once when `download` is False or when
+    `download_host` cannot be reached (instead of TFDS retrying for minutes and
+    leaving a half-written folder); otherwise it is downloaded and prepared. If that
+    fails, the folders this call created are removed again.
+    """
+    import tensorflow_datasets as tfds  # slow to import: only when needed
+
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    if builder.is_prepared():
+        return builder
+    data_root = os.fspath(builder._data_dir_root)
+    where = f"Dataset {tfds_name!r} is not in data_dir {data_root}"
+    if not download:
+        raise DatasetNotFoundError(
+            f"{where}, and download=False. {_manual_download_hint(tfds_name, data_root)}"
+        )
+    try:
+        _check_connection(download_host)
+    except OSError as error:
+        raise DatasetNotFoundError(
+            f"{where}, and there is no internet connection to download it "
+            f"({download_host}: {error}). {_manual_download_hint(tfds_name, data_root)}"
+        ) from error
+
+    # Folders TFDS may create while downloading and preparing. When the dataset folder
+    # already exists, the new `incomplete.*` folders inside it are removed instead.
+    dataset_folder = os.path.join(data_root, tfds_name)
+    candidates = [data_root, os.path.join(data_root, "downloads"), dataset_folder]
+    paths_before = {path for path in candidates if tf.io.gfile.exists(path)}
+    if dataset_folder in paths_before:
+        paths_before.update(
+            os.path.join(dataset_folder, entry) for entry in tf.io.gfile.listdir(dataset_folder)
+        )
+    try:
+        builder.download_and_prepare()
+    except BaseException:
+        if tf.io.gfile.exists(dataset_folder):
+            candidates = [
+                os.path.join(dataset_folder, entry.rstrip("/"))
+                for entry in tf.io.gfile.listdir(dataset_folder)
+                if "incomplete." in entry
+            ] + candidates
+        _remove_new_paths(paths_before, reversed(candidates))
+        raise
+    return builder
+
+
+def _build_tfds(
+    tfds_name,
+    download_host,
+    tfds_splits,
+    label_filter,
+    split,
+    image_size,
+    class_ids,
+    num_examples,
+    data_dir,
+    download,
+):
+    """A TFDS image classification dataset as (uint8 image, int32 label) pairs.
+
+    Args:
+        tfds_name: str. TFDS name of the dataset.
+        download_host: str. Host the dataset is downloaded from (connectivity check).
+        tfds_splits: dict of our split name to the TFDS split string.
+        label_filter: None, or a function of a TFDS label (int64 tensor) returning a
+            bool tensor, True for examples that belong to this dataset.
+        split, image_size, class_ids, num_examples, data_dir, download: as given to
+            the builders of `_DatasetInfo`; `num_examples` counts after filtering.
+    """
+    builder = _prepare_tfds(tfds_name, download_host, data_dir, download)
+    dataset = builder.as_dataset(split=tfds_splits[split], shuffle_files=False)
+    if label_filter is not None:
+        dataset = dataset.filter(lambda example: label_filter(example["label"]))
+    if class_ids is not None:
+        wanted = tf.constant(class_ids, dtype=tf.int64)
+        dataset = dataset.filter(
+            lambda example: tf.reduce_any(tf.equal(example["label"], wanted))
+        )
+    if num_examples is not None:
+        dataset = dataset.take(num_examples)
+    return dataset.map(
+        lambda example: (
+            _to_image_size(example["image"], image_size),
+            tf.cast(example["label"], tf.int32),
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def _is_cat(tfds_label):
+    """True for the cats of TFDS `cats_vs_dogs`."""
+    return tf.equal(tfds_label, TFDS_CAT_LABEL)
+
+
+_build_cifar10 = functools.partial(
+    _build_tfds,
+    "cifar10",
+    "www.cs.toronto.edu",
+    {"train": "train", "test": "test"},
+    None,
+)
+
+# cats_vs_dogs has only a train split: the last 5% of it is our test split.
+_build_cats64 = functools.partial(
+    _build_tfds,
+    "cats_vs_dogs",
+    "download.microsoft.com",
+    {"train": "train[:95%]", "test": "train[95%:]"},
+    _is_cat,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,20 +417,25 @@ class _DatasetInfo:
     """What `load_dataset` needs to know about one named dataset.
 
     Args:
-        builder: callable `(split, image_size, num_examples, data_dir, download)`
-            returning `(uint8 images (N, H, W, C), int32 labels (N,))`.
+        builder: callable `(split, image_size, class_ids, num_examples, data_dir,
+            download)` returning a `tf.data.Dataset` of `(image, label)`: uint8
+            (image_size, image_size, channels) and int32. `class_ids` is
+            None (all classes) or a sorted list of label ids to keep.
         class_names: tuple of str. Name of each label id.
         image_size: int. Default height and width.
         channels: int. Number of channels.
         num_examples: dict of split name to the default number of examples, or None
-            for datasets of fixed size.
+            when the default is all of them.
+        cache: bool. Whether to cache the prepared images in memory (pointless for
+            data already in memory).
     """
 
     builder: Callable
     class_names: tuple
     image_size: int
     channels: int
-    num_examples: dict
+    num_examples: dict = None
+    cache: bool = True
 
 
 _DATASET_INFOS = {
@@ -214,17 +445,128 @@ _DATASET_INFOS = {
         image_size=32,
         channels=3,
         num_examples={"train": 8192, "test": 1024},
+        cache=False,
+    ),
+    "cifar10": _DatasetInfo(
+        builder=_build_cifar10,
+        class_names=CIFAR10_CLASSES,
+        image_size=32,
+        channels=3,
+    ),
+    "cats64": _DatasetInfo(
+        builder=_build_cats64,
+        class_names=CATS_CLASSES,
+        image_size=64,
+        channels=3,
     ),
 }
 
 DATASETS = tuple(_DATASET_INFOS)
 
 
+def _image_folder_files(folder):
+    """Lists the image files of a folder and the class names.
+
+    Images lie either directly in `folder` (one class, named after the folder) or in
+    one sub-folder per class (classes are the sorted sub-folder names; images directly
+    in `folder` are then ignored). Files that Pillow cannot verify as JPEG or PNG are
+    left out with one warning that counts them.
+
+    Returns:
+        `(paths, labels, class_names)`: sorted list of str, list of int, tuple of str.
+    """
+    from PIL import Image  # only needed for folders
+
+    def image_files(directory):
+        return sorted(
+            os.path.join(directory, entry)
+            for entry in os.listdir(directory)
+            if entry.lower().endswith(IMAGE_FILE_EXTENSIONS)
+            and os.path.isfile(os.path.join(directory, entry))
+        )
+
+    sub_folders = sorted(
+        entry for entry in os.listdir(folder) if os.path.isdir(os.path.join(folder, entry))
+    )
+    if sub_folders:
+        class_names = tuple(sub_folders)
+        candidates = [
+            (path, label)
+            for label, sub_folder in enumerate(sub_folders)
+            for path in image_files(os.path.join(folder, sub_folder))
+        ]
+    else:
+        class_names = (os.path.basename(os.path.normpath(folder)),)
+        candidates = [(path, 0) for path in image_files(folder)]
+
+    paths, labels, num_skipped = [], [], 0
+    for path, label in candidates:
+        try:
+            with Image.open(path) as image:
+                image_format = image.format
+                image.verify()
+        except Exception:  # Pillow raises many kinds for broken files
+            num_skipped += 1
+            continue
+        if image_format not in IMAGE_FILE_FORMATS:
+            num_skipped += 1
+            continue
+        paths.append(path)
+        labels.append(label)
+    if num_skipped:
+        warnings.warn(f"Skipped {num_skipped} unreadable image file(s) in {folder}")
+    if not paths:
+        extensions = ", ".join(IMAGE_FILE_EXTENSIONS)
+        raise ValueError(
+            f"No readable images ({extensions}) in {folder} or in its sub-folders."
+        )
+    return paths, labels, class_names
+
+
+def _decode_image_file(path, image_size):
+    """Reads one JPEG or PNG file as uint8 (image_size, image_size, 3)."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return _center_crop_and_resize(image, image_size)
+
+
+def _load_image_folder(folder, image_size, classes, num_examples):
+    """Images of a folder as a `tf.data.Dataset` of (uint8 image, int32 label)."""
+    paths, labels, class_names = _image_folder_files(folder)
+    if classes is not None:
+        class_ids = _class_ids(classes, class_names)
+        kept = [(path, label) for path, label in zip(paths, labels) if label in class_ids]
+        if not kept:
+            raise ValueError(f"No readable images of classes {classes!r} in {folder}.")
+        paths, labels = zip(*kept)
+    if num_examples is not None:
+        paths, labels = paths[:num_examples], labels[:num_examples]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(list(paths)), tf.constant(list(labels), dtype=tf.int32))
+    )
+    dataset = dataset.map(
+        lambda path, label: (_decode_image_file(path, image_size), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    # A safety net: a file that Pillow verified but TensorFlow cannot decode (e.g. a
+    # truncated JPEG) is dropped instead of stopping training mid-epoch.
+    return dataset.ignore_errors()
+
+
+def _is_image_folder(name):
+    """Whether `name` is not a dataset name but a folder of images."""
+    if isinstance(name, str) and name in _DATASET_INFOS:
+        return False
+    return isinstance(name, (str, os.PathLike)) and os.path.isdir(name)
+
+
 def _dataset_info(name):
     """Returns the `_DatasetInfo` of `name`, or raises a ValueError naming the choices."""
     if name not in _DATASET_INFOS:
         choices = ", ".join(repr(known) for known in _DATASET_INFOS)
-        raise ValueError(f"Unknown dataset {name!r}. Choose one of: {choices}")
+        raise ValueError(
+            f"Unknown dataset {name!r}. Choose one of: {choices}, "
+            f"or give the path of an existing folder of images."
+        )
     return _DATASET_INFOS[name]
 
 
@@ -273,7 +615,8 @@ def dataset_image_shape(name, image_size=None):
     """Returns the `(height, width, channels)` of the images `load_dataset` gives.
 
     Args:
-        name: str. Dataset name, one of `DATASETS`.
+        name: str. Dataset name, one of `DATASETS`, or the path of a folder of
+            images (3 channels, 64x64 by default).
         image_size: int or None. Requested size, a positive multiple of 32, or None
             for the dataset's default.
 
@@ -283,9 +626,13 @@ def dataset_image_shape(name, image_size=None):
     Example:
     >>> dataset_image_shape("shapes")
     (32, 32, 3)
+    >>> dataset_image_shape("cats64")
+    (64, 64, 3)
     >>> dataset_image_shape("shapes", image_size=64)
     (64, 64, 3)
     """
+    if _is_image_folder(name):
+        return (_checked_image_size(image_size, FOLDER_IMAGE_SIZE),) * 2 + (3,)
     info = _dataset_info(name)
     size = _checked_image_size(image_size, info.image_size)
     return (size, size, info.channels)
@@ -307,33 +654,52 @@ def load_dataset(
 ):
     """Loads a dataset as batches of float32 images in model space [-1, 1].
 
-    The dataset is built in memory once, then served by a `tf.data` pipeline:
-    shuffle (reshuffled every epoch), convert to [-1, 1], batch, prefetch. The last
-    batch may be smaller than `batch_size`.
+    Datasets: "shapes" (generated, 32x32), "cifar10" (TFDS `cifar10`, 32x32, 10
+    classes) and "cats64" (the cats of TFDS `cats_vs_dogs`, centre-cropped to a square
+    and resized to 64x64), or the path of a folder of JPEG/PNG images, either all in
+    the folder or in one sub-folder per class (labels are the sorted sub-folder
+    names); unreadable files are skipped with one warning.
+
+    TFDS datasets are read from `data_dir` when they are there; otherwise they are
+    downloaded if `download` is True and the download host answers, else
+    `DatasetNotFoundError` is raised at once, saying how to copy them in by hand.
+
+    The images are decoded, cropped and resized in parallel and cached in memory as
+    uint8, then shuffled (reshuffled every epoch), converted to [-1, 1], batched and
+    prefetched. The last batch
+    may be smaller than `batch_size`.
 
     Args:
-        name: str. Dataset name, one of `DATASETS` (for now only "shapes").
+        name: str. Dataset name, one of `DATASETS`, or the path of a folder of images.
         split: str. "train" or "test". The shapes test split is generated from a
-            different seed than the train split.
+            different seed than the train split; the cats64 test split is the last 5%
+            of TFDS `cats_vs_dogs` (train is the first 95%). Folders have only "train".
         batch_size: int. Images per batch, > 0.
         image_size: int or None. Height and width, a positive multiple of 32; None
-            for the dataset's default (32 for "shapes").
+            for the dataset's default (32 for "shapes" and "cifar10", 64 for "cats64"
+            and folders).
         with_labels: bool. If True, elements are `(images, labels)` with int32 labels.
-        classes: None, or a list of class names or ids (e.g. `["disc"]` or `[0]`) to
-            keep only those classes.
-        data_dir: str or None. Where downloaded datasets are stored (unused by
-            "shapes").
-        download: bool. Whether a missing dataset may be downloaded (unused by
-            "shapes").
+        classes: None, or a list of class names or ids (e.g. `["ship"]` or `[8]` for
+            "cifar10", sub-folder names for a folder) to keep only those classes.
+        data_dir: str or None. The TFDS data folder (None: TFDS's default,
+            ~/tensorflow_datasets). Unused by "shapes" and folders.
+        download: bool. Whether a missing TFDS dataset may be downloaded.
         shuffle: bool. Whether to shuffle the examples.
         seed: int or None. Shuffle seed; the same seed gives the same order of
             batches. Does not change which images a split holds.
-        num_examples: int or None. Examples to build, before class filtering; None
-            for the default (for "shapes": 8192 train, 1024 test).
+        num_examples: int or None. For "shapes": examples to generate, before class
+            filtering (default 8192 train, 1024 test). Otherwise: keep only the first
+            `num_examples` after class filtering (default all), for quick runs.
 
     Returns:
         A `tf.data.Dataset` of float32 image batches (B, H, W, C), or of
         `(images, labels)` tuples when `with_labels` is True.
+
+    Raises:
+        DatasetNotFoundError: a TFDS dataset is not in `data_dir` and cannot be
+            downloaded.
+        ValueError: unknown dataset, split or class, bad sizes, or an image folder
+            without readable images.
 
     Example:
     >>> dataset = load_dataset("shapes", batch_size=16, seed=0)
@@ -341,25 +707,33 @@ def load_dataset(
     >>> images.shape, images.dtype
     (TensorShape([16, 32, 32, 3]), tf.float32)
     """
-    info = _dataset_info(name)
+    is_folder = _is_image_folder(name)
+    info = None if is_folder else _dataset_info(name)
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}. Choose one of: {', '.join(SPLITS)}")
+    if is_folder and split != "train":
+        raise ValueError(f"Image folders have only a 'train' split, got {split!r}.")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    size = _checked_image_size(image_size, info.image_size)
+    size = _checked_image_size(image_size, FOLDER_IMAGE_SIZE if is_folder else info.image_size)
     if num_examples is None:
-        num_examples = info.num_examples[split]
+        num_examples = None if is_folder or info.num_examples is None else (
+            info.num_examples[split]
+        )
     elif num_examples <= 0:
         raise ValueError(f"num_examples must be positive, got {num_examples}.")
 
-    images, labels = info.builder(split, size, num_examples, data_dir, download)
-    if classes is not None:
-        keep = np.isin(labels, _class_ids(classes, info.class_names))
-        images, labels = images[keep], labels[keep]
-
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    if is_folder:
+        dataset = _load_image_folder(os.fspath(name), size, classes, num_examples).cache()
+    else:
+        class_ids = None if classes is None else _class_ids(classes, info.class_names)
+        dataset = info.builder(split, size, class_ids, num_examples, data_dir, download)
+        if info.cache:
+            dataset = dataset.cache()
     if shuffle:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(
+            SHUFFLE_BUFFER_SIZE, seed=seed, reshuffle_each_iteration=True
+        )
     if with_labels:
         dataset = dataset.map(
             lambda image, label: (to_model_range(image), label),
@@ -367,8 +741,7 @@ def load_dataset(
         )
     else:
         dataset = dataset.map(
-            lambda image, label: to_model_range(image),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            lambda image, label: to_model_range(image), num_parallel_calls=tf.data.AUTOTUNE
         )
     dataset = dataset.batch(batch_size, drop_remainder=False)
     return dataset.prefetch(tf.data.AUTOTUNE)

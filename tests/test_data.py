@@ -200,7 +200,7 @@ def test_load_dataset_image_size_64():
 
 def test_dataset_image_shape_default():
     assert data.dataset_image_shape("shapes") == (32, 32, 3)
-    assert data.DATASETS == ("shapes",)
+    assert data.DATASETS == ("shapes", "cifar10", "cats64")
 
 
 @pytest.mark.parametrize("image_size", [0, -32, 48, 31, 33.0, True])
@@ -217,9 +217,9 @@ def test_bad_batch_size_raises(batch_size):
         data.load_dataset("shapes", batch_size=batch_size, num_examples=4)
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10", "cats64", "Shapes"])
+@pytest.mark.parametrize("name", ["mnist", "cifar100", "cats", "Shapes"])
 def test_unknown_dataset_raises(name):
-    message = re.escape(f"Unknown dataset {name!r}. Choose one of: 'shapes'")
+    message = re.escape(f"Unknown dataset {name!r}. Choose one of: 'shapes', 'cifar10'")
     with pytest.raises(ValueError, match=message):
         data.load_dataset(name)
     with pytest.raises(ValueError, match=message):
