@@ -95,6 +95,14 @@ _positive_float = _number_type(float, 0.0, True, "a positive number")
 _non_negative_float = _number_type(float, 0.0, False, "a number >= 0")
 
 
+def _name_list(text):
+    """argparse type: comma-separated class names or ids, e.g. "ship" or "0,8"."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class names, got {text!r}")
+    return [int(name) if name.isdigit() else name for name in names]
+
+
 def _timestep_list(text):
     """argparse type: comma-separated timesteps >= 0, e.g. "1000,200,50,0"."""
     try:
@@ -158,6 +166,19 @@ def build_parser():
         help="image height and width, a multiple of 32 (default: the dataset's, 32 for shapes)",
     )
     data.add_argument(
+        "--classes",
+        metavar="A,B,...",
+        type=_name_list,
+        default=None,
+        help="keep only these classes, by name or id (e.g. ship for cifar10; default: all)",
+    )
+    data.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default="data",
+        help="where TensorFlow Datasets keeps cifar10 and cats64 (see data/README.md)",
+    )
+    data.add_argument(
         "--num-examples",
         metavar="N",
         type=_positive_int,
@@ -195,6 +216,14 @@ def build_parser():
     )
 
     network = train.add_argument_group("network")
+    network.add_argument(
+        "--init",
+        metavar="MODEL.keras",
+        default=None,
+        help="fine-tune this saved model instead of building a new one (its network and "
+        "schedule are kept; --n-feat, --T, --beta1, --beta2, --schedule and "
+        "--time-embedding are then ignored)",
+    )
     network.add_argument(
         "--n-feat",
         metavar="N",
@@ -388,28 +417,40 @@ def train_command(args):
         raise CommandError(f"--sample-steps must be in 1..T = 1..{args.T}, got {args.sample_steps}")
     image_shape = data.dataset_image_shape(args.dataset, image_size=args.image_size)
     keras.utils.set_random_seed(args.seed)
-    network = NaiveUnet(image_shape, n_feat=args.n_feat, time_embedding=args.time_embedding)
-    model = DiffusionModel(
-        network,
-        beta1=args.beta1,
-        beta2=args.beta2,
-        T=args.T,
-        schedule=args.schedule,
-        seed=args.seed,
-    )
+    if args.init is not None:
+        model = _load_diffusion_model(args.init)
+        if tuple(model.image_shape) != tuple(image_shape):
+            raise CommandError(
+                f"--init model {args.init!r} makes {model.image_shape} images but "
+                f"{args.dataset} gives {image_shape}; pass --image-size to match"
+            )
+    else:
+        network = NaiveUnet(image_shape, n_feat=args.n_feat, time_embedding=args.time_embedding)
+        model = DiffusionModel(
+            network,
+            beta1=args.beta1,
+            beta2=args.beta2,
+            T=args.T,
+            schedule=args.schedule,
+            seed=args.seed,
+        )
     model.compile(optimizer=keras.optimizers.Adam(args.lr))
     dataset = data.load_dataset(
         args.dataset,
         batch_size=args.batch_size,
         image_size=args.image_size,
+        classes=args.classes,
+        data_dir=args.data_dir,
         seed=args.seed,
         num_examples=args.num_examples,
     )
     height, width, channels = image_shape
+    what = f"Fine-tuning {args.init}" if args.init else f"Training NaiveUnet (n_feat={args.n_feat})"
+    classes = f" (classes {', '.join(map(str, args.classes))})" if args.classes else ""
     print(
-        f"Training NaiveUnet (n_feat={args.n_feat}, {network.count_params():,} parameters) "
-        f"on {args.dataset} {height}x{width}x{channels} for {args.epochs} epoch(s) "
-        f"(T={args.T}, {args.schedule} schedule, lr={args.lr:g}).",
+        f"{what}, {model.network.count_params():,} parameters, on {args.dataset}{classes} "
+        f"{height}x{width}x{channels} for {args.epochs} epoch(s) "
+        f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}).",
         flush=True,
     )
     # The dataset is already shuffled each epoch; fit warns if asked to shuffle it.

@@ -18,6 +18,9 @@ from keras_ddpm import cli
 # Every option of each subcommand, written out independently of the parser.
 TRAIN_OPTIONS = (
     "--dataset",
+    "--classes",
+    "--data-dir",
+    "--init",
     "--image-size",
     "--num-examples",
     "--T",
@@ -123,6 +126,53 @@ def test_train_writes_model_samples_and_history(trained_run):
 
     # 4 images of 32x32 in a 2x2 grid with 2-pixel borders: 2 + 2 * (32 + 2) = 70.
     _assert_png(samples_path, 70, 70)
+
+
+def test_train_init_fine_tunes_a_saved_model_on_one_class(trained_run, tmp_path):
+    """Seed 002's workflow: fine-tune an existing model on one class ("ship" for CIFAR)."""
+    out_dir, _ = trained_run
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = cli.main([
+            "train", "--init", str(out_dir / "model.keras"), "--classes", "disc",
+            "--num-examples", "96", "--epochs", "1", "--batch-size", "32",
+            "--n-samples", "1", "--sample-steps", "2", "--out", str(tmp_path),
+        ])
+    assert status == 0
+    assert "Fine-tuning" in printed.getvalue() and "classes disc" in printed.getvalue()
+    original = keras.models.load_model(out_dir / "model.keras")
+    tuned = keras.models.load_model(tmp_path / "model.keras")
+    assert tuned.T == original.T == 20  # the saved model's settings, not the defaults
+    changed = [
+        not np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+        for a, b in zip(original.network.weights, tuned.network.weights)
+    ]
+    assert any(changed)
+
+
+def test_train_init_with_other_image_size_is_an_error(trained_run, tmp_path, capsys):
+    out_dir, _ = trained_run
+    line = _run_error(
+        ["train", "--init", str(out_dir / "model.keras"), "--image-size", "64",
+         "--out", str(tmp_path)],
+        capsys,
+    )
+    assert "(32, 32, 3)" in line and "--image-size" in line
+
+
+def test_train_real_dataset_offline_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    from keras_ddpm import data
+
+    def refuse(host, timeout=None):
+        raise OSError(f"cannot reach {host} (test)")
+
+    monkeypatch.setattr(data, "_check_connection", refuse)
+    line = _run_error(
+        ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+         "--out", str(tmp_path / "run")],
+        capsys,
+    )
+    assert "cifar10" in line and str(tmp_path / "data") in line
 
 
 def test_parser_defaults():
