@@ -98,6 +98,17 @@ def test_cifar10_unknown_class_lists_names(mock_tfds):
         assert repr(name) in str(error.value)
 
 
+def test_cats64_pipeline_trains_a_diffusion_model(mock_tfds):
+    import keras
+    from keras_ddpm import DiffusionModel, NaiveUnet
+
+    dataset = data.load_dataset("cats64", batch_size=8, seed=0)
+    model = DiffusionModel(NaiveUnet(data.dataset_image_shape("cats64"), n_feat=8), T=10)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(dataset, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
 def test_cats64_are_cats_at_64(mock_tfds):
     # Mock cats_vs_dogs images come in random small sizes: all must be cropped and
     # resized to 64x64; only label 0 (cat) survives.
