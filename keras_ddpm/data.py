@@ -191,6 +191,12 @@ class DatasetNotFoundError(FileNotFoundError):
 
     Either `download=False` was asked for, or there is no internet connection. The
     message says where the dataset was looked for and how to copy it there by hand.
+
+    Example:
+    >>> try:
+    ...     load_dataset("cifar10", data_dir="/tmp/empty", download=False)
+    ... except DatasetNotFoundError as error:
+    ...     print(error)  # says where it looked and which folder to copy there
     """
 
 
