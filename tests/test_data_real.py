@@ -98,6 +98,7 @@ def test_cifar10_unknown_class_lists_names(mock_tfds):
         assert repr(name) in str(error.value)
 
 
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")  # unknown cardinality (filter)
 def test_cats64_pipeline_trains_a_diffusion_model(mock_tfds):
     import keras
     from keras_ddpm import DiffusionModel, NaiveUnet
