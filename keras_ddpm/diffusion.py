@@ -18,7 +18,7 @@ import keras
 from keras import ops
 
 from keras_ddpm import sampling
-from keras_ddpm.schedule import ddpm_schedule, validate_schedule_args
+from keras_ddpm.schedule import ddpm_schedule
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -68,7 +68,7 @@ class DiffusionModel(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        validate_schedule_args(beta1, beta2, T, schedule)
+        tables = ddpm_schedule(beta1, beta2, T, kind=schedule)  # Validates the scalars.
         if variance not in sampling.VARIANCES:
             raise ValueError(
                 f"variance must be one of {sampling.VARIANCES}, got {variance!r}."
@@ -86,6 +86,8 @@ class DiffusionModel(keras.Model):
         self.variance = variance
         self.seed = seed
         self.image_shape = tuple(network.inputs[0].shape[1:])
+        # Derived from the scalars once; the config stores only the scalars.
+        self._tables = tables
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._reverse_segment = None
@@ -97,7 +99,7 @@ class DiffusionModel(keras.Model):
     @property
     def tables(self):
         """The schedule tables (`ddpm_schedule`) as float32 NumPy arrays."""
-        return ddpm_schedule(self.beta1, self.beta2, self.T, kind=self.schedule)
+        return self._tables
 
     # ---------------------------------------------------------------- training
     @property
@@ -162,10 +164,7 @@ class DiffusionModel(keras.Model):
         )
         noises = keras.random.normal(ops.shape(images), seed=self.seed_generator)
         noisy_images = self.q_sample(images, t, noises)
-        t_input = ops.reshape(ops.cast(t, "float32") / self.T, (-1, 1))
-        pred_noises = ops.cast(
-            self.network([noisy_images, t_input], training=training), "float32"
-        )
+        pred_noises = ops.cast(self.predict_noise(noisy_images, t, training), "float32")
         return ops.mean(ops.square(noises - pred_noises))
 
     def fit(self, x=None, *args, **kwargs):
@@ -205,8 +204,10 @@ class DiffusionModel(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     # ---------------------------------------------------------------- sampling
-    def predict_noise(self, x_t, t):
+    def predict_noise(self, x_t, t, training=False):
         """The network's noise estimate at integer timesteps `t` (shape `(batch,)`).
+
+        The network sees `t / T`, as in the lecture, for training and sampling alike.
 
         Example:
         >>> x_t = keras.random.normal((2, 32, 32, 3))
@@ -214,7 +215,7 @@ class DiffusionModel(keras.Model):
         (2, 32, 32, 3)
         """
         t_input = ops.reshape(ops.cast(t, "float32") / self.T, (-1, 1))
-        return self.network([x_t, t_input], training=False)
+        return self.network([x_t, t_input], training=training)
 
     def _segment_function(self):
         """The compiled loop over a range of steps, traced once per sampler."""

@@ -47,3 +47,11 @@ def run_layer_test(
     )
     np.testing.assert_allclose(reloaded_output, output, rtol=1e-5, atol=1e-5)
     return layer
+
+
+def all_batches(dataset):
+    """Concatenates every batch of a dataset into NumPy arrays."""
+    batches = list(dataset.as_numpy_iterator())
+    if isinstance(batches[0], tuple):
+        return tuple(np.concatenate(parts) for parts in zip(*batches))
+    return np.concatenate(batches)

@@ -6,18 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import all_batches
 from keras_ddpm import data
 
 # Small splits keep every test fast.
 NUM_EXAMPLES = 96
-
-
-def _all_batches(dataset):
-    """Concatenates every batch of a dataset into NumPy arrays."""
-    batches = list(dataset.as_numpy_iterator())
-    if isinstance(batches[0], tuple):
-        return tuple(np.concatenate(parts) for parts in zip(*batches))
-    return np.concatenate(batches)
 
 
 # --- make_shapes ---------------------------------------------------------------------
@@ -105,7 +98,7 @@ def test_load_dataset_batches_in_model_range():
 
 
 def test_load_dataset_matches_make_shapes_via_to_model_range():
-    images = _all_batches(
+    images = all_batches(
         data.load_dataset("shapes", num_examples=NUM_EXAMPLES, shuffle=False)
     )
     expected, _ = data.make_shapes(NUM_EXAMPLES, seed=data.SHAPE_SPLIT_SEEDS["train"])
@@ -121,7 +114,7 @@ def test_load_dataset_with_labels():
     dataset = data.load_dataset(
         "shapes", batch_size=50, with_labels=True, num_examples=300, seed=0
     )
-    images, labels = _all_batches(dataset)
+    images, labels = all_batches(dataset)
     assert images.shape == (300, 32, 32, 3) and images.dtype == np.float32
     assert labels.dtype == np.int32
     assert set(labels.tolist()) <= {0, 1, 2}
@@ -158,10 +151,10 @@ def test_load_dataset_reshuffles_each_epoch_but_keeps_the_images():
 
 
 def test_load_dataset_train_and_test_differ():
-    train = _all_batches(
+    train = all_batches(
         data.load_dataset("shapes", num_examples=NUM_EXAMPLES, shuffle=False)
     )
-    test = _all_batches(
+    test = all_batches(
         data.load_dataset("shapes", split="test", num_examples=NUM_EXAMPLES, shuffle=False)
     )
     assert train.shape == test.shape
@@ -176,7 +169,7 @@ def test_load_dataset_filters_one_class(classes):
     dataset = data.load_dataset(
         "shapes", with_labels=True, classes=classes, num_examples=NUM_EXAMPLES
     )
-    images, labels = _all_batches(dataset)
+    images, labels = all_batches(dataset)
     assert len(labels) == NUM_EXAMPLES // 3
     assert (labels == 0).all()
     assert len(images) == len(labels)
@@ -186,7 +179,7 @@ def test_load_dataset_filters_classes_by_mixed_name_and_id():
     dataset = data.load_dataset(
         "shapes", with_labels=True, classes=["triangle", 1], num_examples=NUM_EXAMPLES
     )
-    _, labels = _all_batches(dataset)
+    _, labels = all_batches(dataset)
     assert sorted(set(labels.tolist())) == [1, 2]
     assert len(labels) == 2 * NUM_EXAMPLES // 3
 

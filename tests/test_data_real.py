@@ -9,18 +9,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from helpers import all_batches
 from keras_ddpm import data
 
 # Mocked TFDS datasets hold this many random examples per split.
 NUM_MOCK_EXAMPLES = 40
-
-
-def _all_batches(dataset):
-    """Concatenates every batch of a dataset into NumPy arrays."""
-    batches = list(dataset.as_numpy_iterator())
-    if isinstance(batches[0], tuple):
-        return tuple(np.concatenate(parts) for parts in zip(*batches))
-    return np.concatenate(batches)
 
 
 @pytest.fixture
@@ -60,7 +53,7 @@ def test_cifar10_shapes_labels_and_range(mock_tfds, tmp_path):
     dataset = data.load_dataset(
         "cifar10", batch_size=16, with_labels=True, seed=0, data_dir=tmp_path
     )
-    images, labels = _all_batches(dataset)
+    images, labels = all_batches(dataset)
     assert len(images) == NUM_MOCK_EXAMPLES
     _check_images(images, 32)
     assert labels.dtype == np.int32
@@ -73,17 +66,17 @@ def test_cifar10_class_filter_num_examples_and_resize(mock_tfds):
     dataset = data.load_dataset(
         "cifar10", with_labels=True, classes=["ship", 9], num_examples=3, image_size=64
     )
-    images, labels = _all_batches(dataset)
+    images, labels = all_batches(dataset)
     assert len(images) == 3
     _check_images(images, 64)
     assert set(labels.tolist()) <= {8, 9}
-    ships = _all_batches(data.load_dataset("cifar10", with_labels=True, classes=["ship"]))[1]
+    ships = all_batches(data.load_dataset("cifar10", with_labels=True, classes=["ship"]))[1]
     assert len(ships) > 0 and (ships == 8).all()
 
 
 def test_cifar10_same_seed_same_batches(mock_tfds):
     def first_epoch(seed):
-        return _all_batches(data.load_dataset("cifar10", batch_size=8, seed=seed))
+        return all_batches(data.load_dataset("cifar10", batch_size=8, seed=seed))
 
     np.testing.assert_array_equal(first_epoch(1), first_epoch(1))
     assert not np.array_equal(first_epoch(1), first_epoch(2))
@@ -113,12 +106,12 @@ def test_cats64_pipeline_trains_a_diffusion_model(mock_tfds):
 def test_cats64_are_cats_at_64(mock_tfds):
     # Mock cats_vs_dogs images come in random small sizes: all must be cropped and
     # resized to 64x64; only label 0 (cat) survives.
-    images, labels = _all_batches(data.load_dataset("cats64", batch_size=7, with_labels=True))
+    images, labels = all_batches(data.load_dataset("cats64", batch_size=7, with_labels=True))
     assert 0 < len(images) < NUM_MOCK_EXAMPLES
     _check_images(images, 64)
     assert (labels == 0).all()
     assert data.dataset_image_shape("cats64") == (64, 64, 3)
-    cats = _all_batches(data.load_dataset("cats64", classes=["cat"], image_size=32))
+    cats = all_batches(data.load_dataset("cats64", classes=["cat"], image_size=32))
     _check_images(cats, 32)
 
 
@@ -178,7 +171,7 @@ def test_prepared_dataset_is_read_without_network(offline, monkeypatch):
     # connectivity check is never reached).
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda builder: True)
     with tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES):
-        images = _all_batches(data.load_dataset("cifar10", download=False))
+        images = all_batches(data.load_dataset("cifar10", download=False))
     _check_images(images, 32)
 
 
@@ -209,7 +202,7 @@ def class_folder(tmp_path):
 def test_image_folder_with_classes(class_folder):
     with pytest.warns(UserWarning, match=r"Skipped 1 unreadable image file\(s\)"):
         dataset = data.load_dataset(class_folder, batch_size=4, with_labels=True, seed=0)
-    images, labels = _all_batches(dataset)
+    images, labels = all_batches(dataset)
     assert images.shape == (6, 64, 64, 3) and images.dtype == np.float32
     assert images.min() >= -1.0 and images.max() <= 1.0
     assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
@@ -224,7 +217,7 @@ def test_image_folder_class_filter_and_size(class_folder):
         dataset = data.load_dataset(
             str(class_folder), with_labels=True, classes=["dogs"], image_size=32
         )
-    images, labels = _all_batches(dataset)
+    images, labels = all_batches(dataset)
     assert images.shape == (3, 32, 32, 3)
     assert (labels == 1).all()
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="'cats'"):
@@ -236,7 +229,7 @@ def test_flat_image_folder(tmp_path):
         _write_image(tmp_path / f"{index}.png", (33 + index, 48), (index * 50, 100, 30))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to skip: no warning
-        images = _all_batches(data.load_dataset(tmp_path, batch_size=2, num_examples=4))
+        images = all_batches(data.load_dataset(tmp_path, batch_size=2, num_examples=4))
     assert images.shape == (4, 64, 64, 3)
 
 
