@@ -141,31 +141,45 @@ class DiffusionModel(keras.Model):
                 "with the data's image shape, or resize the data."
             )
 
-    def noise_prediction_loss(self, images, training=False):
+    def diffusion_loss(self, images, labels=None, training=False):
         """The lecture's loss on a batch of clean images: MSE(eps, eps_theta).
 
-        Draws t uniformly in 1..T and eps ~ N(0, I) for every image.
+        Draws t uniformly in 1..T and eps ~ N(0, I) for every image
+        (`_training_draws`), noises the images with `q_sample` and compares
+        the network's prediction with its target.
 
         Args:
             images: tensor `(batch, H, W, C)` in [-1, 1].
+            labels: int tensor `(batch,)` or None. Class labels (conditional
+                models only).
             training: bool. Passed to the network.
 
         Returns:
             A float32 scalar.
 
         Example:
-        >>> loss = model.noise_prediction_loss(keras.ops.zeros((4, 32, 32, 3)))
+        >>> loss = model.diffusion_loss(keras.ops.zeros((4, 32, 32, 3)))
         """
         self._check_images(images)
         images = ops.cast(images, "float32")
-        batch_size = ops.shape(images)[0]
-        t = keras.random.randint(
-            (batch_size,), 1, self.T + 1, dtype="int32", seed=self.seed_generator
-        )
-        noises = keras.random.normal(ops.shape(images), seed=self.seed_generator)
+        t, noises = self._training_draws(ops.shape(images))
         noisy_images = self.q_sample(images, t, noises)
         pred_noises = ops.cast(self.predict_noise(noisy_images, t, training), "float32")
         return ops.mean(ops.square(noises - pred_noises))
+
+    def _training_draws(self, image_shape):
+        """Timesteps t ~ U{1..T} `(batch,)` and noise eps ~ N(0, I) for a batch."""
+        t = keras.random.randint(
+            image_shape[:1], 1, self.T + 1, dtype="int32", seed=self.seed_generator
+        )
+        noises = keras.random.normal(image_shape, seed=self.seed_generator)
+        return t, noises
+
+    @staticmethod
+    def _unpack(data):
+        """`(images, labels)` from a batch: images alone, or `(images, labels)`."""
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return images, labels
 
     def fit(self, x=None, *args, **kwargs):
         """`keras.Model.fit`; a `tf.data.Dataset` is not reshuffled by Keras.
@@ -184,9 +198,9 @@ class DiffusionModel(keras.Model):
         """One optimisation step (TensorFlow backend); called by `fit`."""
         import tensorflow as tf
 
-        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        images, labels = self._unpack(data)
         with tf.GradientTape() as tape:
-            loss = self.noise_prediction_loss(images, training=True)
+            loss = self.diffusion_loss(images, labels, training=True)
             # Keras sums gradients over replicas: average the loss over them.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled_loss = self.optimizer.scale_loss(loss / replicas)
@@ -198,8 +212,8 @@ class DiffusionModel(keras.Model):
 
     def test_step(self, data):
         """The same loss without a gradient step; called by `evaluate`."""
-        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        loss = self.noise_prediction_loss(images, training=False)
+        images, labels = self._unpack(data)
+        loss = self.diffusion_loss(images, labels, training=False)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 

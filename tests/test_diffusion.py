@@ -35,7 +35,7 @@ def test_loss_is_the_lectures_mse_with_t_in_1_to_T():
     T, seed = 50, 3
     model = small_model(T=T, seed=seed)
     images = random_images(16)
-    loss = float(model.noise_prediction_loss(ops.convert_to_tensor(images)))
+    loss = float(model.diffusion_loss(ops.convert_to_tensor(images)))
 
     replay = keras.random.SeedGenerator(seed)
     t = keras.random.randint((16,), 1, T + 1, dtype="int32", seed=replay)
