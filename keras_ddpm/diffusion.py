@@ -168,11 +168,35 @@ class DiffusionModel(keras.Model):
         return ops.mean(ops.square(noises - pred_noises))
 
     def _training_draws(self, image_shape):
-        """Timesteps t ~ U{1..T} `(batch,)` and noise eps ~ N(0, I) for a batch."""
-        t = keras.random.randint(
-            image_shape[:1], 1, self.T + 1, dtype="int32", seed=self.seed_generator
+        """Timesteps t ~ U{1..T} `(batch,)` and noise eps ~ N(0, I) for a batch.
+
+        On TensorFlow the draws are stateless: the seed generator's next seed
+        (the same on every replica) is folded with the replica's id in its
+        `tf.distribute` strategy, so each replica draws its own t and eps, and
+        with the optimizer's step count, so a run resumed from a checkpoint
+        (the generator restarts) does not repeat its first steps' draws.
+        """
+        if keras.backend.backend() != "tensorflow":
+            t = keras.random.randint(
+                image_shape[:1], 1, self.T + 1, dtype="int32", seed=self.seed_generator
+            )
+            noises = keras.random.normal(image_shape, seed=self.seed_generator)
+            return t, noises
+        import tensorflow as tf
+
+        seed = self.seed_generator.next()
+        replica_context = tf.distribute.get_replica_context()
+        if replica_context is not None:  # None in a cross-replica context.
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, replica_context.replica_id_in_sync_group
+            )
+        if getattr(self, "optimizer", None) is not None:
+            seed = tf.random.experimental.stateless_fold_in(seed, self.optimizer.iterations)
+        t_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        t = tf.random.stateless_uniform(
+            image_shape[:1], t_seed, minval=1, maxval=self.T + 1, dtype="int32"
         )
-        noises = keras.random.normal(image_shape, seed=self.seed_generator)
+        noises = tf.random.stateless_normal(image_shape, noise_seed)
         return t, noises
 
     @staticmethod
