@@ -17,7 +17,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_ddpm import sampling
+from keras_ddpm import distribute, sampling
 from keras_ddpm.schedule import ddpm_schedule
 
 SAMPLERS = ("ddpm", "ddim")
@@ -232,14 +232,14 @@ class DiffusionModel(keras.Model):
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
         self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        return distribute.reducible_logs({"loss": self.loss_tracker.result()})
 
     def test_step(self, data):
         """The same loss without a gradient step; called by `evaluate`."""
         images, labels = self._unpack(data)
         loss = self.diffusion_loss(images, labels, training=False)
         self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        return distribute.reducible_logs({"loss": self.loss_tracker.result()})
 
     # ---------------------------------------------------------------- sampling
     def predict_noise(self, x_t, t, training=False):
