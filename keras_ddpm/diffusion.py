@@ -108,7 +108,27 @@ class DiffusionModel(keras.Model):
 
     def call(self, inputs, training=False):
         """Predicted noise for `[x_t, t]`, t in [0, 1]: the network's output."""
+        self._check_time_input(inputs)
         return self.network(inputs, training=training)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict` on `[x_t, t]`, checking that t is in [0, 1].
+
+        Example:
+        >>> model.predict([x_t, keras.ops.ones((2, 1)) * 0.5]).shape
+        (2, 32, 32, 3)
+        """
+        self._check_time_input(x)
+        return super().predict(x, *args, **kwargs)
+
+    def _check_time_input(self, inputs):
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 2:
+            _check_known_values(
+                inputs[1], 0.0, 1.0,
+                f"t must be the diffusion time in [0, 1], a timestep divided by T={self.T}",
+                "Pass t / model.T, or call model.predict_noise(x_t, timesteps) with "
+                "integer timesteps",
+            )
 
     def q_sample(self, images, t, noises):
         """Forward diffusion in one jump: x_t = sqrtab[t] x0 + sqrtmab[t] eps.
@@ -125,6 +145,10 @@ class DiffusionModel(keras.Model):
         >>> x0 = keras.ops.zeros((2, 32, 32, 3))
         >>> model.q_sample(x0, keras.ops.array([1, 1000]), keras.ops.ones_like(x0))
         """
+        _check_known_values(
+            t, 0, self.T, f"t must hold integer timesteps in 0..T=0..{self.T}",
+            "For t in [0, 1] multiply by model.T and round",
+        )
         tables = self.tables
         signal_rates = sampling.gather(tables["sqrtab"], t)
         noise_rates = sampling.gather(tables["sqrtmab"], t)
@@ -317,6 +341,9 @@ class DiffusionModel(keras.Model):
                 each is recorded at the first sampled timestep <= it.
             batch_size: int or None. Generate in chunks of this many images.
                 Chunks draw from different seeds, so results depend on it.
+                Memory is bounded by the chunk: the compiled loop only ever
+                holds `batch_size` images (and their activations); finished
+                chunks wait on the host as NumPy arrays.
             verbose: "auto", 0 or 1. Progress bar (auto: on for > 100 steps).
 
         Returns:
@@ -430,6 +457,19 @@ class DiffusionModel(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
+
+
+def _check_known_values(values, low, high, what, fix):
+    """Raise a ValueError if `values` are known now (eager) and outside [low, high].
+
+    Symbolic and traced tensors pass: their values are unknown until run.
+    """
+    try:
+        array = ops.convert_to_numpy(values)
+    except Exception:  # Symbolic (graph, JAX trace, KerasTensor): nothing to check.
+        return
+    if array.size and not (array.min() >= low and array.max() <= high):
+        raise ValueError(f"{what}; got values from {array.min():g} to {array.max():g}. {fix}.")
 
 
 @dataclasses.dataclass(frozen=True)
