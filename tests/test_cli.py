@@ -38,6 +38,8 @@ TRAIN_OPTIONS = (
     "--clip-x0",
     "--no-clip-x0",
     "--out",
+    "--checkpoint-dir",
+    "--strategy",
 )
 SAMPLE_OPTIONS = (
     "--n",
