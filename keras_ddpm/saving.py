@@ -12,9 +12,11 @@ one clear error that says what to do. Models made by keras_ddpm never need
 """
 
 import contextlib
+import glob
 import json
 import os
 import pathlib
+import socket
 import zipfile
 
 import keras
@@ -26,8 +28,9 @@ def atomic_path(path):
     Write the file to the yielded path; when the `with` block ends without an
     error the file is flushed to disk and renamed over `path` in one step
     (`os.replace`). If the block raises, the temporary file is removed and
-    `path` is left as it was. A process killed mid-write leaves at most a
-    hidden `.tmp-<pid>-<name>` file behind, never a damaged `path`.
+    `path` is left as it was. A process killed mid-write leaves a hidden
+    `.tmp-<host>-<pid>-<name>` file behind, never a damaged `path`; the next
+    write of `path` on that machine deletes it.
 
     Args:
         path: str or `pathlib.Path`. The file to write.
@@ -41,7 +44,8 @@ def atomic_path(path):
     ...     temp.write_text("{}")
     """
     path = pathlib.Path(path)
-    temp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    _remove_stale_temporaries(path)
+    temp = path.with_name(f".tmp-{socket.gethostname()}-{os.getpid()}-{path.name}")
     try:
         yield temp
         with open(temp, "rb") as written:
@@ -50,6 +54,27 @@ def atomic_path(path):
         _fsync_folder(path.parent)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(path):
+    """Delete temporary files for `path` left by killed processes of this machine."""
+    if os.name != "posix":  # Elsewhere os.kill(pid, 0) is not a harmless probe.
+        return
+    prefix = f".tmp-{socket.gethostname()}-"
+    for temp in path.parent.glob(f"{glob.escape(prefix)}*-{glob.escape(path.name)}"):
+        pid = temp.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            temp.unlink(missing_ok=True)
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists but is not ours.
+        return True
+    return True
 
 
 def _fsync_folder(folder):

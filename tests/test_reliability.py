@@ -9,6 +9,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -200,6 +201,21 @@ def test_crash_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
         model.fit(images, batch_size=4, epochs=2, verbose=0, callbacks=[backup])
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == previous
     assert BackupAndRestore(tmp_path).completed_epochs == 1
+
+
+def test_atomic_path_removes_what_killed_writers_left(tmp_path):
+    path = tmp_path / "model.keras"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True)
+    host = socket.gethostname()
+    dead = tmp_path / f".tmp-{host}-{int(finished.stdout)}-model.keras"
+    alive = tmp_path / f".tmp-{host}-{os.getppid()}-model.keras"  # Still writing.
+    other_host = tmp_path / f".tmp-elsewhere-{int(finished.stdout)}-model.keras"
+    for temp in (dead, alive, other_host):
+        temp.write_bytes(b"partial")
+    with saving.atomic_path(path) as temp:
+        temp.write_text("new")
+    assert sorted(os.listdir(tmp_path)) == sorted([path.name, alive.name, other_host.name])
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path):
