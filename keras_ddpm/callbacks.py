@@ -13,7 +13,7 @@ import os
 
 import keras
 
-from keras_ddpm.saving import atomic_path
+from keras_ddpm import saving
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -27,8 +27,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     most the epoch in progress.
 
     Differences from `keras.callbacks.BackupAndRestore`:
-    - each file is written to a temporary file and renamed (`atomic_path`),
-      so a crash while saving never leaves a damaged checkpoint;
+    - each file is written to a temporary file and renamed
+      (`keras_ddpm.saving.atomic_path`), so a crash or a full disk while
+      saving never leaves a damaged checkpoint;
     - `history` holds the logs of every completed epoch, those of earlier
       (interrupted) runs included;
     - the learning rate is the one the model was compiled with, not the
@@ -106,14 +107,13 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         """Writes the weights, then the epoch count and history, each atomically."""
         os.makedirs(self.backup_dir, exist_ok=True)
-        with atomic_path(self._weights_path) as temp:
-            self.model.save_weights(temp)
+        saving.save_weights(self.model, self._weights_path)
         metadata = {
             "epoch": self._current_epoch,
             "batch": self._last_batch_seen,
             "history": self.history,
         }
-        with atomic_path(self._training_metadata_path) as temp:
+        with saving.atomic_path(self._training_metadata_path) as temp:
             temp.write_text(json.dumps(metadata))
 
 

@@ -14,15 +14,18 @@ one clear error that says what to do. Models made by keras_ddpm never need
 import contextlib
 import glob
 import json
+import math
 import os
 import pathlib
+import re
+import shutil
 import socket
 import zipfile
 
 import keras
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, needed_bytes=0):
     """A temporary path beside `path` that replaces `path` once written.
 
     Write the file to the yielded path; when the `with` block ends without an
@@ -34,6 +37,8 @@ def atomic_path(path):
 
     Args:
         path: str or `pathlib.Path`. The file to write.
+        needed_bytes: int. About how large the file will be: if the disk has
+            less room, raise an `OSError` before writing anything.
 
     Yields:
         `pathlib.Path`: the temporary file, in the same folder and with the
@@ -45,6 +50,7 @@ def atomic_path(path):
     """
     path = pathlib.Path(path)
     _remove_stale_temporaries(path)
+    _check_free_space(path, needed_bytes)
     temp = path.with_name(f".tmp-{socket.gethostname()}-{os.getpid()}-{path.name}")
     try:
         yield temp
@@ -54,6 +60,34 @@ def atomic_path(path):
         _fsync_folder(path.parent)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _check_free_space(path, needed_bytes):
+    """Raise an OSError if the folder of `path` has less than `needed_bytes` free."""
+    if not needed_bytes:
+        return
+    free = shutil.disk_usage(path.parent).free
+    if free < needed_bytes:
+        raise OSError(
+            f"Not enough disk space to write {str(path)!r}: it needs about "
+            f"{needed_bytes / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. Nothing "
+            "was written and the previous file is intact: free some space and try again."
+        )
+
+
+def _state_bytes(model):
+    """About how many bytes the weights and optimizer state of `model` take on disk."""
+    variables = list(model.weights)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    data = sum(math.prod(variable.shape) * _itemsize(variable.dtype) for variable in variables)
+    return int(data * 1.1) + 2**20  # Room for the file's own structure.
+
+
+def _itemsize(dtype):
+    """Bytes per element of a Keras dtype name ("float32": 4, "bfloat16": 2, "bool": 1)."""
+    bits = re.search(r"\d+$", str(dtype))
+    return int(bits.group()) // 8 if bits else 1
 
 
 def _remove_stale_temporaries(path):
@@ -112,8 +146,31 @@ def save_model(model, path):
     path = pathlib.Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"A model file name must end in .keras, got {str(path)!r}.")
-    with atomic_path(path) as temp:
+    with atomic_path(path, needed_bytes=_state_bytes(model)) as temp:
         model.save(temp)
+    return path
+
+
+def save_weights(model, path):
+    """`model.save_weights(path)`, written atomically like `save_model`.
+
+    The `.weights.h5` file holds the weights and the optimizer's state; a
+    crash or a full disk while writing leaves the previous file intact.
+
+    Args:
+        model: `keras.Model`.
+        path: str or `pathlib.Path`. Ends in `.weights.h5`.
+
+    Returns:
+        `pathlib.Path`: `path`.
+
+    Example:
+    >>> save_weights(model, "checkpoints/latest.weights.h5")
+    PosixPath('checkpoints/latest.weights.h5')
+    """
+    path = pathlib.Path(path)
+    with atomic_path(path, needed_bytes=_state_bytes(model)) as temp:
+        model.save_weights(temp)
     return path
 
 

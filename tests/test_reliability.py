@@ -185,6 +185,20 @@ def test_crash_while_saving_a_model_keeps_the_previous_file(tmp_path, monkeypatc
     assert isinstance(saving.load_model(path), DiffusionModel)
 
 
+def test_full_disk_is_reported_before_writing(tmp_path, monkeypatch):
+    path = tmp_path / "model.keras"
+    model = small_model()
+    saving.save_model(model, path)
+    previous = path.read_bytes()
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage._replace(free=100_000))
+    with pytest.raises(OSError, match="Not enough disk space to write") as error:
+        saving.save_model(model, path)
+    assert re.search(r"needs about [\d.]+ MiB and 0.1 MiB are free", str(error.value))
+    assert "the previous file is intact" in str(error.value)
+    assert path.read_bytes() == previous and os.listdir(tmp_path) == ["model.keras"]
+
+
 def test_crash_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     images = random_images(4)
     model = small_model()
