@@ -10,6 +10,7 @@
 import json
 import math
 import os
+import warnings
 
 import keras
 
@@ -88,7 +89,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         history = self._read_metadata().get("history", {})
         self.history = {name: list(values) for name, values in history.items()}
         try:
-            super().on_train_begin(logs)
+            # Keras warns about each part of a mismatched checkpoint: report it once.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                super().on_train_begin(logs)
         except (ValueError, OSError) as error:
             reason = " ".join(str(error).split())[:300]
             raise ValueError(
@@ -96,6 +100,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 f"fit this model or is damaged ({type(error).__name__}: {reason}). Resume "
                 "with the settings that wrote it, or delete that folder to start over."
             ) from error
+        for warning in caught:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
         if compiled_rate is not None:
             rate.assign(compiled_rate)
 
