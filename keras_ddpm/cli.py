@@ -6,9 +6,12 @@ Two subcommands:
     keras-ddpm sample runs/shapes/model.keras --n 16 --steps 50 --out samples.png
 
 `train` builds a `NaiveUnet` inside a `DiffusionModel`, fits it with Adam and
-writes `model.keras`, `samples.png` and `history.json` to `--out`. `sample`
-loads such a `model.keras` and writes a PNG grid of new images (and, on
-request, a strip of intermediate steps and the raw float images as `.npz`).
+writes `model.keras`, `samples.png` and `history.json` to `--out` (the model
+and the history atomically). With `--checkpoint-dir` it backs up every epoch
+and resumes after a crash; `--strategy` trains on several GPUs or machines
+(tf.distribute). `sample` loads such a `model.keras` and writes a PNG grid of
+new images (and, on request, a strip of intermediate steps and the raw float
+images as `.npz`).
 
 Every option is listed, with its default, by `keras-ddpm train --help` and
 `keras-ddpm sample --help`. A bad argument, a missing or damaged file, or an
@@ -412,11 +415,15 @@ def _import_keras():
 def train_command(args):
     """Train a DDPM as `keras-ddpm train` does, write its files and print their paths.
 
+    With `--checkpoint-dir` a rerun of the same command resumes after the last
+    completed epoch. Under `--strategy multiworker` only the chief writes files.
+
     Args:
         args: `argparse.Namespace` from `build_parser()` for the `train` command.
 
     Returns:
-        dict of `"model"`, `"samples"`, `"history"` to the `pathlib.Path` written.
+        dict of `"model"`, `"samples"`, `"history"` to the `pathlib.Path` written
+        (empty on the other workers of a cluster).
 
     Example:
     >>> args = build_parser().parse_args(["train", "--epochs", "1", "--out", "/tmp/run"])
@@ -424,7 +431,6 @@ def train_command(args):
     """
     keras = _import_keras()
     from keras_ddpm import data, distribute, plotting, saving
-    from keras_ddpm.callbacks import BackupAndRestore, StopOnDivergence, TrainingDivergedError
     from keras_ddpm.diffusion import DiffusionModel
     from keras_ddpm.unet import NaiveUnet
 
@@ -481,36 +487,8 @@ def train_command(args):
         f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}){devices}.",
         flush=True,
     )
-    # Stop at a NaN loss before anything is saved; then back up each completed epoch.
-    callbacks = [StopOnDivergence()]
-    backup = None
-    if checkpoint_dir is not None:
-        # Every worker of a cluster keeps its own copy (the chief's in DIR itself).
-        backup_dir = checkpoint_dir if chief else checkpoint_dir / distribute.worker_id()
-        backup = BackupAndRestore(backup_dir, delete_checkpoint=False)
-        if backup.completed_epochs:
-            print(
-                f"Resuming from the checkpoint in {backup_dir}: {backup.completed_epochs} of "
-                f"{args.epochs} epoch(s) done.",
-                flush=True,
-            )
-        callbacks.append(backup)
-    # The dataset is already shuffled each epoch; fit warns if asked to shuffle it.
     out_dir.mkdir(parents=True, exist_ok=True)  # Fail now, not after training.
-    try:
-        history = model.fit(dataset, epochs=args.epochs, verbose=2, callbacks=callbacks)
-    except TrainingDivergedError as error:
-        resume = (
-            f"the checkpoint in {checkpoint_dir} (after the last completed epoch) is intact: "
-            "run again with a lower --lr to resume from it"
-            if checkpoint_dir is not None
-            else "run again with a lower --lr (and --checkpoint-dir DIR to keep completed epochs)"
-        )
-        raise CommandError(
-            f"training diverged: the loss is {error.loss} at epoch {error.epoch}, step "
-            f"{error.step} (lr={args.lr:g}); nothing was written to {str(out_dir)!r}; {resume}"
-        ) from error
-    history = backup.history if backup is not None else history.history
+    history = _fit_resumably(model, dataset, args, chief)
     if not chief:
         print(f"Worker {distribute.worker_id()} done; the chief writes the outputs.")
         return {}
@@ -532,6 +510,48 @@ def train_command(args):
     for name, path in paths.items():
         print(f"Wrote {name}: {path}")
     return paths
+
+
+def _fit_resumably(model, dataset, args, chief):
+    """`model.fit` that stops on a NaN loss and, with --checkpoint-dir, resumes.
+
+    Returns the loss history of every epoch, those of an interrupted earlier
+    run included.
+    """
+    from keras_ddpm import distribute
+    from keras_ddpm.callbacks import BackupAndRestore, StopOnDivergence, TrainingDivergedError
+
+    # Stop at a NaN loss before anything is saved; then back up each completed epoch.
+    callbacks = [StopOnDivergence()]
+    backup = None
+    if args.checkpoint_dir is not None:
+        # Every worker of a cluster keeps its own copy (the chief's in DIR itself).
+        backup_dir = pathlib.Path(args.checkpoint_dir)
+        if not chief:
+            backup_dir = backup_dir / distribute.worker_id()
+        backup = BackupAndRestore(backup_dir, delete_checkpoint=False)
+        if backup.completed_epochs:
+            print(
+                f"Resuming from the checkpoint in {backup_dir}: {backup.completed_epochs} of "
+                f"{args.epochs} epoch(s) done.",
+                flush=True,
+            )
+        callbacks.append(backup)
+    try:
+        # The dataset is already shuffled each epoch; fit warns if asked to shuffle it.
+        history = model.fit(dataset, epochs=args.epochs, verbose=2, callbacks=callbacks)
+    except TrainingDivergedError as error:
+        resume = (
+            f"the checkpoint in {args.checkpoint_dir} (after the last completed epoch) is "
+            "intact: run again with a lower --lr to resume from it"
+            if backup is not None
+            else "run again with a lower --lr (and --checkpoint-dir DIR to keep completed epochs)"
+        )
+        raise CommandError(
+            f"training diverged: the loss is {error.loss} at epoch {error.epoch}, step "
+            f"{error.step} (lr={args.lr:g}); nothing was written to {args.out!r}; {resume}"
+        ) from error
+    return backup.history if backup is not None else history.history
 
 
 def _load_diffusion_model(path):
