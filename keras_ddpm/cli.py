@@ -617,12 +617,13 @@ def train_command(args):
     height, width, channels = image_shape
     what = f"Fine-tuning {args.init}" if args.init else f"Training NaiveUnet (n_feat={args.n_feat})"
     classes = f" (classes {', '.join(map(str, args.classes))})" if args.classes else ""
+    extras = f", {model.prediction} prediction" if model.prediction != "epsilon" else ""
     if model.num_classes is not None:
-        classes += f", conditional on {model.num_classes} classes"
+        extras += f", conditional on {model.num_classes} classes"
     print(
         f"{what}, {model.network.count_params():,} parameters, on {args.dataset}{classes} "
         f"{height}x{width}x{channels} for {args.epochs} epoch(s) "
-        f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}).",
+        f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}{extras}).",
         flush=True,
     )
     # The dataset is already shuffled each epoch; fit warns if asked to shuffle it.

@@ -322,6 +322,7 @@ class DiffusionModel(keras.Model):
         >>> model.network_output(x_t, keras.ops.array([10, 10])).shape
         (2, 32, 32, 3)
         """
+        x_t = ops.convert_to_tensor(x_t)
         t_input = ops.reshape(ops.cast(t, "float32") / self.T, (-1, 1))
         if self.num_classes is None:
             return self.network([x_t, t_input], training=training)
@@ -354,6 +355,7 @@ class DiffusionModel(keras.Model):
         >>> model.predict_noise(x_t, keras.ops.array([10, 10])).shape
         (2, 32, 32, 3)
         """
+        x_t, t = ops.convert_to_tensor(x_t), ops.convert_to_tensor(t)
         if guidance_scale is None:
             outputs = self.network_output(x_t, t, labels, training)
             return self._noise_from_output(ops.cast(outputs, x_t.dtype), x_t, t)

@@ -4,7 +4,7 @@ import pytest
 import keras
 from keras import ops
 
-from helpers import train_two_colour_model, two_colour_data
+from helpers import two_colour_data
 from keras_ddpm import DiffusionModel, NaiveUnet, ddpm_schedule
 
 SHAPE = (32, 32, 3)
@@ -17,11 +17,6 @@ def conditional_model(num_classes=3, **kwargs):
 
 def numpy(x):
     return ops.convert_to_numpy(x).astype(np.float64)
-
-
-@pytest.fixture(scope="module")
-def two_colour_model():
-    return train_two_colour_model()
 
 
 def test_conditional_unet_takes_a_label_and_it_changes_the_output(tmp_path):
@@ -94,24 +89,20 @@ def test_guidance_moves_samples_towards_the_class(two_colour_model):
     """Class 0 is dark, class 1 light: guided samples take their class's colour."""
     model = two_colour_model
     labels = np.array([0, 1] * 4)
-    means = {}
+    gaps = {}
     for w in (0.0, 1.0, 3.0):
-        images = model.sample(8, steps=25, seed=5, labels=labels, guidance_scale=w)
-        means[w] = images.mean(axis=(1, 2, 3))
-    for w in (1.0, 3.0):
-        assert np.all(means[w][labels == 0] < -0.3) and np.all(means[w][labels == 1] > 0.3)
-    gap = {w: means[w][labels == 1].mean() - means[w][labels == 0].mean() for w in means}
-    assert gap[3.0] > gap[1.0] > gap[0.0] + 0.5  # w = 0 ignores the labels.
-    # DDPM over all T steps honours the labels too.
-    images = model.sample(4, seed=6, labels=[0, 1, 0, 1], guidance_scale=2.0)
-    assert list(images.mean(axis=(1, 2, 3)) > 0) == [False, True, False, True]
-
+        means = model.sample(8, steps=25, seed=5, labels=labels, guidance_scale=w).mean(axis=(1, 2, 3))
+        gaps[w] = means[labels == 1].mean() - means[labels == 0].mean()
+        if w == 3.0:  # Every light sample is lighter than every dark one.
+            assert means[labels == 1].min() > means[labels == 0].max() + 0.5
+    assert abs(gaps[0.0]) < 0.2  # w = 0 ignores the labels.
+    assert gaps[3.0] > gaps[1.0] > 0.5
 
 def test_conditional_model_round_trips_through_keras_file(two_colour_model, tmp_path):
     model = two_colour_model
     model.save(tmp_path / "cond.keras")
     loaded = keras.models.load_model(tmp_path / "cond.keras")
-    assert (loaded.num_classes, loaded.cond_drop_prob, loaded.prediction) == (2, 0.1, "epsilon")
+    assert (loaded.num_classes, loaded.cond_drop_prob, loaded.prediction) == (2, 0.1, "v")
     for kwargs in ({"labels": [0, 1]}, {"labels": 1, "guidance_scale": 4.0}, {}):
         np.testing.assert_array_equal(
             loaded.sample(2, steps=5, seed=1, **kwargs), model.sample(2, steps=5, seed=1, **kwargs)

@@ -2,16 +2,10 @@
 import numpy as np
 import pytest
 
-from helpers import train_two_colour_model, two_colour_data
+from helpers import two_colour_data
 from keras_ddpm import DiffusionModel, NaiveUnet
 
 SHAPE = (32, 32, 3)
-
-
-@pytest.fixture(scope="module")
-def unconditional_two_colour_model():
-    # Unconditional (labels ignored): it only knows that images are flat dark or light.
-    return train_two_colour_model(num_classes=None)
 
 
 def tiny_model():
@@ -64,13 +58,13 @@ def test_bad_inpainting_arguments():
         model.inpaint(images, centre_mask(), resample=0)
 
 
-def test_the_hole_takes_the_colour_of_its_surroundings(unconditional_two_colour_model):
-    """The model knows only "flat dark or flat light" images: a hole is filled to match."""
-    model = unconditional_two_colour_model
+def test_the_hole_takes_the_colour_of_its_surroundings(two_colour_model):
+    """The model knows only "flat dark or flat light" images: a hole is filled to match.
+
+    Sampled without labels ("no class"), only the known pixels can tell the colour.
+    """
     images, labels = two_colour_data(8, seed=4)
     hole = centre_mask() == 0
-    out = model.inpaint(images, centre_mask(), steps=25, seed=3, resample=2)
+    out = two_colour_model.inpaint(images, centre_mask(), steps=25, seed=3, resample=2)
     filled = out[:, hole].mean(axis=(1, 2))
-    assert np.all(np.sign(filled) == np.where(labels == 1, 1, -1))
-    # Plain sampling from the same seed ignores the surroundings.
-    assert np.abs(out[:, hole] - images[:, hole]).mean() < 0.3
+    assert np.all(filled * np.where(labels == 1, 1, -1) > 0.2)
