@@ -117,6 +117,26 @@ def test_cli_divergence_names_epoch_and_step_and_keeps_the_last_good_files(
     assert [path.read_bytes() for path in files] == before
 
 
+def test_cli_checkpoint_holds_the_raw_weights_when_training_with_ema(tmp_path):
+    """The backup is written before SwapEMAWeights puts the averages in the model."""
+    argv = RESUME_ARGS + ["--epochs", "1", "--ema", "0.5", "--grid-every", "5",
+                          "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    final = saving.load_model(tmp_path / "out" / "model.keras")  # EMA weights, as fit ends.
+    checkpoint = saving.load_model(tmp_path / "out" / "model.keras")
+    checkpoint.load_weights(tmp_path / "ck" / "latest.weights.h5")
+    averages = [v for v in checkpoint.optimizer.variables if "average" in v.path]
+    weights = checkpoint.network.trainable_variables
+    assert len(averages) == len(weights)
+    for average, final_weight in zip(averages, final.network.trainable_variables):
+        # Keras' SwapEMAWeights swaps by sums and differences: equal to rounding.
+        np.testing.assert_allclose(as_numpy([average])[0], as_numpy([final_weight])[0],
+                                   rtol=1e-6, atol=1e-7)
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(as_numpy(weights), as_numpy(final.network.trainable_variables)))
+
+
 def test_backup_restores_weights_optimizer_ema_epoch_and_history(tmp_path):
     images = random_images(8)
     model = small_model(optimizer=keras.optimizers.Adam(1e-3, use_ema=True))
