@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 
 import keras
@@ -65,12 +64,16 @@ def resumed_run(tmp_path_factory):
         [sys.executable, "-m", "keras_ddpm.cli", *argv],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )
-    metadata = folder / "ck" / "training_metadata.json"
-    deadline = time.monotonic() + 400
-    while not metadata.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    # Kill it as soon as it prints the end of its first epoch (written to the checkpoint
+    # just before).
+    lines = []
+    while not any("loss:" in line for line in lines):
+        lines.append(process.stdout.readline())
+        if not lines[-1]:  # It ended early: the assertion below shows its output.
+            break
     process.send_signal(signal.SIGKILL)
-    killed_output = process.communicate()[0]
+    killed_output = "".join(lines) + process.communicate()[0]
+    metadata = folder / "ck" / "training_metadata.json"
     assert process.returncode == -signal.SIGKILL, killed_output  # It was still running.
     killed_after = json.loads(metadata.read_text())["epoch"]
 
@@ -405,13 +408,18 @@ def test_checkpoint_dir_that_is_a_file_is_a_clear_error(tmp_path, capsys):
 def test_sample_in_chunks_never_runs_more_than_batch_size_images():
     model = small_model()
     seen = []
-    segment = model._segment_function()
+    make_segment = model._segment_function
 
-    def recording_segment(x, *args):
-        seen.append(int(x.shape[0]))
-        return segment(x, *args)
+    def recording_segment_function(*args, **kwargs):
+        segment = make_segment(*args, **kwargs)
 
-    model._segment_function = lambda: recording_segment
+        def recording_segment(x, *segment_args):
+            seen.append(int(x.shape[0]))  # The images the compiled loop holds.
+            return segment(x, *segment_args)
+
+        return recording_segment
+
+    model._segment_function = recording_segment_function
     images = model.sample(4, steps=3, seed=4, batch_size=2)
     assert images.shape == (4,) + SHAPE
     assert seen == [2, 2]  # One compiled segment per chunk of 2 images.
