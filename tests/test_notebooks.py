@@ -74,6 +74,7 @@ TESTED = {
     "02_the_network.ipynb",
     "03_training.ipynb",
     "04_reverse_diffusion.ipynb",
+    "05_improvements.ipynb",
     "06_exercises.ipynb",
 }
 
@@ -170,6 +171,27 @@ def test_reverse_diffusion_notebook_runs_alone(quick_kernel_env, tmp_path):
     with Image.open(tmp_path / result["gif"]) as gif:
         assert gif.n_frames > 2
     assert len(result["results"]) >= 3  # DDPM and at least two DDIM step counts
+    assert count_images(notebook) >= 5
+
+
+@pytest.mark.slow
+def test_improvements_notebook_guides_inpaints_and_averages(quick_kernel_env, tmp_path):
+    notebook, result = run_notebook(
+        "05_improvements.ipynb",
+        tmp_path,
+        "dict(schedule=model.schedule, classes=model.num_classes, loss=history.history['loss'], "
+        "scales=sorted(guided), shapes=[list(guided[w].shape) for w in sorted(guided)], "
+        "n=len(labels), inpainted=list(completed.shape), weight_change=weight_change, "
+        "raw_differs=bool(np.any(raw_images != ema_images)))",
+    )
+    assert result["schedule"] == "cosine" and result["classes"] == 3
+    assert result["loss"][-1] < result["loss"][0]
+    assert result["scales"] == [0.0, 1.0, 2.0, 4.0]
+    assert all(shape == [result["n"], 32, 32, 3] for shape in result["shapes"])
+    assert result["inpainted"] == [4, 32, 32, 3]
+    # fit left the averaged weights in the model, and they differ from the last ones.
+    assert result["weight_change"] > 0 and result["raw_differs"]
+    assert (tmp_path / "outputs" / "conditional.keras").exists()
     assert count_images(notebook) >= 5
 
 
