@@ -45,6 +45,8 @@ TRAIN_OPTIONS = (
     "--grid-steps",
     "--log-dir",
     "--out",
+    "--checkpoint-dir",
+    "--strategy",
 )
 SAMPLE_OPTIONS = (
     "--n",
