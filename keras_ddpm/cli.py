@@ -19,6 +19,7 @@ This module imports TensorFlow and Keras only inside the commands.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -38,6 +39,14 @@ CLIP_X0_HELP = (
     "clip the predicted clean image to [-1, 1] inside every reverse step, as Ho et al.'s "
     "released code does; --no-clip-x0 runs the lecture's formula exactly (a briefly "
     "trained model can then drift out of range)"
+)
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+JIT_COMPILE_HELP = (
+    "compile with XLA (training and the sampling loop); --no-jit-compile turns it off "
+    "(default: Keras' auto, on with a GPU and off on CPU-only machines, where XLA was "
+    "measured slower; the JAX backend always compiles its sampler with XLA)"
 )
 
 # Longest error message printed (Keras' loading errors can quote whole configs).
@@ -268,6 +277,21 @@ def build_parser():
         default=0,
         help="seed of the weights, data order, training noise and samples",
     )
+    optimization.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="Keras dtype policy of a new network: mixed_bfloat16 computes in bfloat16 "
+        "with float32 weights, output and loss (faster on GPUs and on CPUs with AVX-512 "
+        "BF16 or AMX, see BENCHMARKS.md), mixed_float16 adds loss scaling (GPUs only); "
+        "sampling uses the same (default: float32, or the --init model's own)",
+    )
+    optimization.add_argument(
+        "--jit-compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=JIT_COMPILE_HELP,
+    )
 
     output = train.add_argument_group("output")
     output.add_argument(
@@ -378,6 +402,12 @@ def build_parser():
         "file, as 'images' (and 'frames', 'frame_timesteps' with --frames) "
         "(default: not saved)",
     )
+    sample.add_argument(
+        "--jit-compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=JIT_COMPILE_HELP,
+    )
     sample.set_defaults(handler=sample_command)
     return parser
 
@@ -419,13 +449,22 @@ def train_command(args):
     keras.utils.set_random_seed(args.seed)
     if args.init is not None:
         model = _load_diffusion_model(args.init)
+        saved_precision = model.dtype_policy.name
+        if args.precision is not None and args.precision != saved_precision:
+            raise CommandError(
+                f"--precision {args.precision} differs from the --init model's "
+                f"{saved_precision}; leave --precision out to fine-tune in {saved_precision}"
+            )
         if tuple(model.image_shape) != tuple(image_shape):
             raise CommandError(
                 f"--init model {args.init!r} makes {model.image_shape} images but "
                 f"{args.dataset} gives {image_shape}; pass --image-size to match"
             )
     else:
-        network = NaiveUnet(image_shape, n_feat=args.n_feat, time_embedding=args.time_embedding)
+        with _dtype_policy(keras, args.precision or "float32"):
+            network = NaiveUnet(
+                image_shape, n_feat=args.n_feat, time_embedding=args.time_embedding
+            )
         model = DiffusionModel(
             network,
             beta1=args.beta1,
@@ -434,7 +473,8 @@ def train_command(args):
             schedule=args.schedule,
             seed=args.seed,
         )
-    model.compile(optimizer=keras.optimizers.Adam(args.lr))
+    jit_compile = "auto" if args.jit_compile is None else args.jit_compile
+    model.compile(optimizer=keras.optimizers.Adam(args.lr), jit_compile=jit_compile)
     dataset = data.load_dataset(
         args.dataset,
         batch_size=args.batch_size,
@@ -450,7 +490,8 @@ def train_command(args):
     print(
         f"{what}, {model.network.count_params():,} parameters, on {args.dataset}{classes} "
         f"{height}x{width}x{channels} for {args.epochs} epoch(s) "
-        f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}).",
+        f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}, "
+        f"{model.dtype_policy.name}, XLA {'on' if model.jit_compile else 'off'}).",
         flush=True,
     )
     # The dataset is already shuffled each epoch; fit warns if asked to shuffle it.
@@ -473,6 +514,17 @@ def train_command(args):
     for name, path in paths.items():
         print(f"Wrote {name}: {path}")
     return paths
+
+
+@contextlib.contextmanager
+def _dtype_policy(keras, name):
+    """Sets Keras' global dtype policy to `name` inside the block, then restores it."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _load_diffusion_model(path):
@@ -529,6 +581,9 @@ def sample_command(args):
     if out_path.suffix.lower() != ".png":
         raise CommandError(f"--out must be a .png path, got {args.out!r}")
     model = _load_diffusion_model(args.model)
+    # None lets Keras resolve "auto" for this machine (the file keeps the
+    # setting resolved where the model was trained).
+    model.jit_compile = args.jit_compile
     import numpy as np
 
     from keras_ddpm import plotting

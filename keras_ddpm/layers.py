@@ -172,6 +172,7 @@ class UnetUpLayer(layers.Layer):
                 "UnetUpLayer: the input and the skip connection must have the "
                 f"same height and width, got {img_shape} and {skip_shape}."
             )
+        self.Concatenate.build([img_shape, skip_shape])
         merged_shape = tuple(img_shape[:-1]) + (img_shape[-1] + skip_shape[-1],)
         self.Conv2DTranspose.build(merged_shape)
         up_shape = self.compute_output_shape(inputs_shape)

@@ -33,6 +33,9 @@ TRAIN_OPTIONS = (
     "--batch-size",
     "--lr",
     "--seed",
+    "--precision",
+    "--jit-compile",
+    "--no-jit-compile",
     "--n-samples",
     "--sample-steps",
     "--clip-x0",
@@ -50,6 +53,8 @@ SAMPLE_OPTIONS = (
     "--npz",
     "--clip-x0",
     "--no-clip-x0",
+    "--jit-compile",
+    "--no-jit-compile",
 )
 
 # Tiny training run: 2 steps of 32 images, T = 20.
