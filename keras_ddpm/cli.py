@@ -1,14 +1,17 @@
 """The `keras-ddpm` command line: train a DDPM on a dataset, then sample from it.
 
-Two subcommands:
+Three subcommands:
 
     keras-ddpm train --dataset shapes --epochs 6 --out runs/shapes
     keras-ddpm sample runs/shapes/model.keras --n 16 --steps 50 --out samples.png
+    keras-ddpm evaluate runs/shapes/model.keras --dataset shapes --n 512
 
 `train` builds a `NaiveUnet` inside a `DiffusionModel`, fits it with Adam and
-writes `model.keras`, `samples.png` and `history.json` to `--out`. `sample`
-loads such a `model.keras` and writes a PNG grid of new images (and, on
-request, a strip of intermediate steps and the raw float images as `.npz`).
+writes `model.keras`, `samples.png`, `history.json` and a sample grid per
+epoch (`grids/`) to `--out`. `sample` loads such a `model.keras` and writes a
+PNG grid of new images (and, on request, a strip of intermediate steps and the
+raw float images as `.npz`). `evaluate` compares samples with a dataset's test
+images (sliced Wasserstein distance, and FID/KID given Inception weights).
 
 Every option is listed, with its default, by `keras-ddpm train --help` and
 `keras-ddpm sample --help`. A bad argument, a missing or damaged file, or an
@@ -112,6 +115,22 @@ def _name_list(text):
     return [int(name) if name.isdigit() else name for name in names]
 
 
+def _label_list(text):
+    """argparse type: comma-separated class ids >= 0, e.g. "0,1,2" or "2"."""
+    try:
+        labels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated class ids like 0,1,2, got {text!r}"
+        ) from None
+    if not labels or any(label < 0 for label in labels):
+        raise argparse.ArgumentTypeError(f"expected class ids >= 0 like 0,1,2, got {text!r}")
+    return labels
+
+
+_probability = _number_type(float, 0.0, False, "a number in [0, 1)")
+
+
 def _timestep_list(text):
     """argparse type: comma-separated timesteps >= 0, e.g. "1000,200,50,0"."""
     try:
@@ -129,11 +148,11 @@ def _timestep_list(text):
 
 # -------------------------------------------------------------------- parser
 def build_parser():
-    """The `keras-ddpm` argument parser, with the `train` and `sample` subcommands.
+    """The `keras-ddpm` argument parser, with `train`, `sample` and `evaluate`.
 
     Returns:
         An `argparse.ArgumentParser`; `parse_args` gives a namespace whose
-        `command` is `"train"` or `"sample"`.
+        `command` is `"train"`, `"sample"` or `"evaluate"`.
 
     Example:
     >>> args = build_parser().parse_args(["sample", "model.keras", "--steps", "50"])
@@ -143,7 +162,7 @@ def build_parser():
     parser = _OneLineErrorParser(
         prog=PROG,
         description="Train denoising diffusion probabilistic models (DDPM) and sample from them.",
-        epilog=f"Run '{PROG} train --help' or '{PROG} sample --help' for the options.",
+        epilog=f"Run '{PROG} COMMAND --help' (train, sample, evaluate) for the options.",
         formatter_class=_HelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -223,6 +242,25 @@ def build_parser():
         default="linear",
         help="noise schedule; cosine ignores --beta1 and --beta2",
     )
+    diffusion.add_argument(
+        "--prediction",
+        choices=("epsilon", "v", "x0"),
+        default="epsilon",
+        help="what the network predicts: the noise (the lecture's), v or the clean image",
+    )
+    diffusion.add_argument(
+        "--conditional",
+        action="store_true",
+        help="train a class-conditional model on the dataset's labels, for classifier-free "
+        "guidance when sampling (--labels, --guidance-scale) (default: unconditional)",
+    )
+    diffusion.add_argument(
+        "--cond-drop-prob",
+        metavar="P",
+        type=_probability,
+        default=0.1,
+        help="with --conditional: probability of training without the label",
+    )
 
     network = train.add_argument_group("network")
     network.add_argument(
@@ -272,6 +310,15 @@ def build_parser():
         help="Adam learning rate",
     )
     optimization.add_argument(
+        "--ema",
+        metavar="MOMENTUM",
+        type=_probability,
+        default=None,
+        help="keep an exponential moving average of the weights with this momentum (e.g. "
+        "0.999; it averages over about 1 / (1 - MOMENTUM) steps, so train for many more); "
+        "the grids and the saved model then use the averaged weights (default: no EMA)",
+    )
+    optimization.add_argument(
         "--seed",
         type=_non_negative_int,
         default=0,
@@ -314,6 +361,27 @@ def build_parser():
         action=argparse.BooleanOptionalAction,
         default=True,
         help=CLIP_X0_HELP,
+    )
+    output.add_argument(
+        "--grid-every",
+        metavar="EPOCHS",
+        type=_positive_int,
+        default=1,
+        help="write OUT/grids/samples_epoch_NNNN.png every this many epochs (and after the "
+        "last), always from the same seed",
+    )
+    output.add_argument(
+        "--grid-steps",
+        metavar="STEPS",
+        type=_positive_int,
+        default=50,
+        help="DDIM steps of the grids during training (capped at T)",
+    )
+    output.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        default=None,
+        help="also write TensorBoard logs (loss and sample grids) there (default: none)",
     )
     output.add_argument(
         "--out",
@@ -408,8 +476,96 @@ def build_parser():
         default=None,
         help=JIT_COMPILE_HELP,
     )
+    _add_conditioning_arguments(sample)
     sample.set_defaults(handler=sample_command)
+
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="measure sample quality against a dataset",
+        description=(
+            "Sample --n images from MODEL.keras and compare them with --n test images of "
+            "--dataset: the sliced Wasserstein distance (SWD, no weights needed) and, with "
+            "--inception-weights, FID and KID. A conditional model samples the labels of "
+            "the test images. Lower is better for all three."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    evaluate.add_argument("model", metavar="MODEL.keras", help="model file written by 'keras-ddpm train'")
+    evaluate.add_argument("--dataset", metavar="NAME", default="shapes", help="reference dataset")
+    evaluate.add_argument(
+        "--data-dir", metavar="DIR", default="data", help="where TensorFlow Datasets keeps its data"
+    )
+    evaluate.add_argument(
+        "--classes",
+        metavar="A,B,...",
+        type=_name_list,
+        default=None,
+        help="compare with only these classes (default: all)",
+    )
+    evaluate.add_argument(
+        "--n", metavar="N", type=_positive_int, default=512, help="number of images in each set"
+    )
+    evaluate.add_argument(
+        "--steps",
+        metavar="STEPS",
+        type=_positive_int,
+        default=None,
+        help="reverse steps (default: all T steps, the DDPM sampler)",
+    )
+    evaluate.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the samples")
+    evaluate.add_argument(
+        "--batch-size", metavar="N", type=_positive_int, default=256, help="images per sampling chunk"
+    )
+    evaluate.add_argument(
+        "--inception-weights",
+        metavar="FILE",
+        default=None,
+        help="local Keras InceptionV3 'notop' weights file for FID and KID (nothing is "
+        "downloaded; see keras_ddpm.metrics) (default: SWD only)",
+    )
+    evaluate.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="sample a conditional model without labels (default: with the test images' labels)",
+    )
+    evaluate.add_argument(
+        "--guidance-scale",
+        metavar="W",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale of a conditional model (default: 2.0)",
+    )
+    evaluate.add_argument(
+        "--clip-x0",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=CLIP_X0_HELP,
+    )
+    evaluate.add_argument(
+        "--out", metavar="JSON", default=None, help="also write the figures to this JSON file"
+    )
+    evaluate.set_defaults(handler=evaluate_command)
     return parser
+
+
+def _add_conditioning_arguments(parser):
+    """--labels and --guidance-scale, for sampling a class-conditional model."""
+    parser.add_argument(
+        "--labels",
+        metavar="ID,ID,...",
+        type=_label_list,
+        default=None,
+        help="class ids of a conditional model's images: one id for all, or one per "
+        "image, repeated to fill --n (default: unconditional)",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        metavar="W",
+        type=float,
+        default=None,
+        help="classifier-free guidance: 0 ignores the labels, 1 is plain conditional, "
+        "larger pushes harder towards the class (default: 2.0 with --labels)",
+    )
 
 
 # ------------------------------------------------------------------ commands
@@ -446,6 +602,7 @@ def train_command(args):
     if args.sample_steps is not None and args.sample_steps > args.T:
         raise CommandError(f"--sample-steps must be in 1..T = 1..{args.T}, got {args.sample_steps}")
     image_shape = data.dataset_image_shape(args.dataset, image_size=args.image_size)
+    num_classes = len(data.dataset_class_names(args.dataset)) if args.conditional else None
     keras.utils.set_random_seed(args.seed)
     if args.init is not None:
         model = _load_diffusion_model(args.init)
@@ -463,7 +620,10 @@ def train_command(args):
     else:
         with _dtype_policy(keras, args.precision or "float32"):
             network = NaiveUnet(
-                image_shape, n_feat=args.n_feat, time_embedding=args.time_embedding
+                image_shape,
+                n_feat=args.n_feat,
+                time_embedding=args.time_embedding,
+                num_classes=num_classes,
             )
         model = DiffusionModel(
             network,
@@ -471,14 +631,22 @@ def train_command(args):
             beta2=args.beta2,
             T=args.T,
             schedule=args.schedule,
+            prediction=args.prediction,
+            num_classes=num_classes,
+            cond_drop_prob=args.cond_drop_prob,
             seed=args.seed,
         )
+    use_ema = args.ema is not None
+    optimizer = keras.optimizers.Adam(
+        args.lr, use_ema=use_ema, ema_momentum=args.ema if use_ema else 0.99
+    )
     jit_compile = "auto" if args.jit_compile is None else args.jit_compile
-    model.compile(optimizer=keras.optimizers.Adam(args.lr), jit_compile=jit_compile)
+    model.compile(optimizer=optimizer, jit_compile=jit_compile)
     dataset = data.load_dataset(
         args.dataset,
         batch_size=args.batch_size,
         image_size=args.image_size,
+        with_labels=model.num_classes is not None,
         classes=args.classes,
         data_dir=args.data_dir,
         seed=args.seed,
@@ -487,16 +655,21 @@ def train_command(args):
     height, width, channels = image_shape
     what = f"Fine-tuning {args.init}" if args.init else f"Training NaiveUnet (n_feat={args.n_feat})"
     classes = f" (classes {', '.join(map(str, args.classes))})" if args.classes else ""
+    extras = f", {model.prediction} prediction" if model.prediction != "epsilon" else ""
+    if model.num_classes is not None:
+        extras += f", conditional on {model.num_classes} classes"
     print(
         f"{what}, {model.network.count_params():,} parameters, on {args.dataset}{classes} "
         f"{height}x{width}x{channels} for {args.epochs} epoch(s) "
-        f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}, "
+        f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}{extras}, "
         f"{model.dtype_policy.name}, XLA {'on' if model.jit_compile else 'off'}).",
         flush=True,
     )
     # The dataset is already shuffled each epoch; fit warns if asked to shuffle it.
     out_dir.mkdir(parents=True, exist_ok=True)  # Fail now, not after training.
-    history = model.fit(dataset, epochs=args.epochs, verbose=2)
+    history = model.fit(
+        dataset, epochs=args.epochs, verbose=2, callbacks=_train_callbacks(args, model, out_dir)
+    )
 
     paths = {
         "model": out_dir / "model.keras",
@@ -507,8 +680,12 @@ def train_command(args):
     losses = {name: [float(value) for value in values] for name, values in history.history.items()}
     paths["history"].write_text(json.dumps(losses, indent=2) + "\n")
     print(f"Sampling {args.n_samples} images ...", flush=True)
+    labels = None
+    if model.num_classes is not None:
+        labels = [i % model.num_classes for i in range(args.n_samples)]
     images = model.sample(
-        args.n_samples, steps=args.sample_steps, seed=args.seed, clip_x0=args.clip_x0
+        args.n_samples, steps=args.sample_steps, seed=args.seed, clip_x0=args.clip_x0,
+        labels=labels,
     )
     plotting.save_image_grid(images, paths["samples"])
     for name, path in paths.items():
@@ -525,6 +702,47 @@ def _dtype_policy(keras, name):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def _train_callbacks(args, model, out_dir):
+    """Keras callbacks of `keras-ddpm train`: EMA swap, sample grids, TensorBoard."""
+    import keras
+
+    from keras_ddpm.callbacks import SampleGrid
+
+    callbacks = []
+    if args.ema is not None:
+        # Grids (and anything after this callback) see the averaged weights.
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    if args.log_dir is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=args.log_dir))
+    labels = None
+    if model.num_classes is not None:
+        labels = [i % model.num_classes for i in range(args.n_samples)]
+    callbacks.append(
+        SampleGrid(
+            every=args.grid_every,
+            n=args.n_samples,
+            steps=min(args.grid_steps, model.T),
+            seed=args.seed,
+            directory=out_dir / "grids",
+            log_dir=args.log_dir,
+            labels=labels,
+        )
+    )
+    return callbacks
+
+
+def _sampling_labels(model, labels, n):
+    """The --labels of a sample command, repeated to n, checked against the model."""
+    if labels is None:
+        return None
+    if model.num_classes is None:
+        raise CommandError(
+            "--labels needs a class-conditional model (trained with --conditional); this one "
+            "is unconditional"
+        )
+    return [labels[i % len(labels)] for i in range(n)]
 
 
 def _load_diffusion_model(path):
@@ -596,6 +814,8 @@ def sample_command(args):
         clip_x0=args.clip_x0,
         frames=args.frames,
         batch_size=args.batch_size,
+        labels=_sampling_labels(model, args.labels, args.n),
+        guidance_scale=args.guidance_scale,
     )
     images, frames = result if args.frames is not None else (result, None)
     paths = {"samples": plotting.save_image_grid(images, out_path)}
@@ -615,6 +835,81 @@ def sample_command(args):
     for name, path in paths.items():
         print(f"Wrote {name}: {path}")
     return paths
+
+
+def evaluate_command(args):
+    """Measure sample quality as `keras-ddpm evaluate` does; print and return the figures.
+
+    Args:
+        args: `argparse.Namespace` from `build_parser()` for the `evaluate` command.
+
+    Returns:
+        dict of metric name to value (`"swd"`, and `"fid"`, `"kid"`, `"kid_std"`
+        with --inception-weights).
+
+    Example:
+    >>> args = build_parser().parse_args(["evaluate", "runs/latest/model.keras", "--n", "256"])
+    >>> evaluate_command(args)["swd"]
+    """
+    if args.inception_weights is not None and not pathlib.Path(args.inception_weights).is_file():
+        raise CommandError(
+            f"--inception-weights {args.inception_weights!r} not found: FID and KID need a local "
+            "Keras InceptionV3 'notop' weights file (nothing is downloaded); leave the option "
+            "out for the weight-free SWD only"
+        )
+    model = _load_diffusion_model(args.model)
+    import numpy as np
+
+    from keras_ddpm import data, metrics
+
+    reference = data.load_dataset(
+        args.dataset,
+        split="test" if args.dataset in ("shapes", "cifar10", "cats64") else "train",
+        batch_size=args.n,
+        image_size=model.image_shape[0],
+        with_labels=True,
+        classes=args.classes,
+        data_dir=args.data_dir,
+        shuffle=True,
+        seed=args.seed,
+    )
+    real_images, real_labels = (np.asarray(x) for x in next(iter(reference)))
+    if real_images.shape[1:] != model.image_shape:
+        raise CommandError(
+            f"{args.dataset} gives {real_images.shape[1:]} images but the model makes "
+            f"{model.image_shape}"
+        )
+    n = len(real_images)
+    labels = None
+    if model.num_classes is not None and not args.unconditional:
+        labels = real_labels
+    print(f"Sampling {n} images and comparing with {n} {args.dataset} images ...", flush=True)
+    fake_images = model.sample(
+        n,
+        steps=args.steps,
+        seed=args.seed,
+        clip_x0=args.clip_x0,
+        batch_size=args.batch_size,
+        labels=labels,
+        guidance_scale=args.guidance_scale if labels is not None else None,
+    )
+    results = {"n": n, "swd": metrics.sliced_wasserstein_distance(real_images, fake_images)}
+    if args.inception_weights is not None:
+        inception = metrics.inception_model(args.inception_weights)
+        real_features = metrics.inception_features(real_images, model=inception)
+        fake_features = metrics.inception_features(fake_images, model=inception)
+        results["fid"] = metrics.frechet_distance(real_features, fake_features)
+        results["kid"], results["kid_std"] = metrics.kernel_inception_distance(
+            real_features, fake_features
+        )
+    for name, value in results.items():
+        print(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
+    if args.out is not None:
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"Wrote metrics: {out}")
+    return results
 
 
 def _one_line(error, max_length=MAX_MESSAGE_LENGTH):

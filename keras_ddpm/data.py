@@ -617,6 +617,32 @@ def _class_ids(classes, class_names):
     return sorted(class_ids)
 
 
+def dataset_class_names(name):
+    """Returns the class names of a dataset, indexed by label id.
+
+    Labels keep these ids when `load_dataset(..., classes=...)` keeps only some
+    classes, so a class-conditional model needs `len(dataset_class_names(name))`
+    classes.
+
+    Args:
+        name: str. Dataset name, one of `DATASETS`, or the path of a folder of
+            images (one class per sub-folder, or one class for the folder).
+
+    Returns:
+        Tuple of str.
+
+    Example:
+    >>> dataset_class_names("shapes")
+    ('disc', 'square', 'triangle')
+    """
+    if _is_image_folder(name):
+        sub_folders = sorted(
+            entry for entry in os.listdir(name) if os.path.isdir(os.path.join(name, entry))
+        )
+        return tuple(sub_folders) or (os.path.basename(os.path.normpath(name)),)
+    return _dataset_info(name).class_names
+
+
 def dataset_image_shape(name, image_size=None):
     """Returns the `(height, width, channels)` of the images `load_dataset` gives.
 

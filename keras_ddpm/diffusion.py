@@ -21,6 +21,11 @@ from keras_ddpm import sampling
 from keras_ddpm.schedule import ddpm_schedule
 
 SAMPLERS = ("ddpm", "ddim")
+PREDICTIONS = ("epsilon", "v", "x0")
+
+# Classifier-free guidance scale used when labels are given without a scale:
+# eps = eps(no class) + w * (eps(class) - eps(no class)).
+DEFAULT_GUIDANCE_SCALE = 2.0
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
@@ -31,18 +36,32 @@ class DiffusionModel(keras.Model):
     image x0 draw t uniformly in 1..T and noise eps ~ N(0, I), form
     `x_t = sqrtab[t] * x0 + sqrtmab[t] * eps`, predict the noise from
     `[x_t, t / T]` and minimise the mean squared error. `sample` runs the
-    reverse diffusion in one compiled loop.
+    reverse diffusion in one compiled loop; `inpaint` fills in masked pixels.
+
+    Beyond the lecture: the network may predict `"v"` (Salimans and Ho 2022)
+    or `"x0"` instead of the noise (the sampler converts either to a noise
+    estimate), and with `num_classes` the model is class-conditional, trained
+    on `(images, labels)` batches with each label replaced by "no class" with
+    probability `cond_drop_prob`, so that `sample(labels=...,
+    guidance_scale=w)` can use classifier-free guidance (Ho and Salimans 2021).
 
     Args:
         network: `keras.Model`. Maps `[x_t, t]` (t in [0, 1], shape
-            `(batch, 1)`) to a noise estimate shaped like `x_t`, e.g.
-            `NaiveUnet`.
+            `(batch, 1)`), plus `label` `(batch, 1)` when conditional, to a
+            prediction shaped like `x_t`, e.g. `NaiveUnet`.
         beta1: float. beta_1 of the linear schedule.
         beta2: float. beta_T of the linear schedule.
         T: int. Number of diffusion steps.
         schedule: str. `"linear"` (the lecture's) or `"cosine"`.
         variance: str. Noise of the ancestral sampler: `"beta"` (the
             lecture's `sqrt_beta_t`) or `"posterior"`.
+        prediction: str. What the network predicts: `"epsilon"` (the noise,
+            the lecture's), `"v"` (sqrtab * eps - sqrtmab * x0) or `"x0"`.
+        num_classes: int or None. Number of classes of a class-conditional
+            network (built with the same `num_classes`); label K means
+            "no class".
+        cond_drop_prob: float in [0, 1). Probability of training a
+            conditional model without its label (classifier-free guidance).
         seed: int or None. Seed of the training noise and timesteps.
         **kwargs: standard `keras.Model` arguments (`name`...).
 
@@ -54,6 +73,10 @@ class DiffusionModel(keras.Model):
     >>> history = model.fit(images, batch_size=4, epochs=1, verbose=0)
     >>> model.sample(2, steps=10, seed=0, verbose=0).shape
     (2, 32, 32, 3)
+    >>> cond = DiffusionModel(NaiveUnet((32, 32, 3), 16, num_classes=3), T=100,
+    ...                       num_classes=3)
+    >>> cond.sample(3, steps=10, labels=[0, 1, 2], guidance_scale=2.0).shape
+    (3, 32, 32, 3)
     """
 
     def __init__(
@@ -64,6 +87,9 @@ class DiffusionModel(keras.Model):
         T=1000,
         schedule="linear",
         variance="beta",
+        prediction="epsilon",
+        num_classes=None,
+        cond_drop_prob=0.1,
         seed=None,
         **kwargs,
     ):
@@ -83,19 +109,27 @@ class DiffusionModel(keras.Model):
                 "network must be a keras.Model mapping [x_t, t] to the predicted "
                 f"noise (e.g. keras_ddpm.NaiveUnet), got {type(network).__name__}."
             )
+        if prediction not in PREDICTIONS:
+            raise ValueError(
+                f"prediction must be one of {PREDICTIONS}, got {prediction!r}."
+            )
+        _check_conditioning(network, num_classes, cond_drop_prob)
         self.network = network
         self.beta1 = float(beta1)
         self.beta2 = float(beta2)
         self.T = int(T)
         self.schedule = schedule
         self.variance = variance
+        self.prediction = prediction
+        self.num_classes = num_classes
+        self.cond_drop_prob = float(cond_drop_prob)
         self.seed = seed
         self.image_shape = tuple(network.inputs[0].shape[1:])
         # Derived from the scalars once; the config stores only the scalars.
         self._tables = tables
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._reverse_segment = None
+        self._reverse_segments = {}  # Compiled sampling loops, by static options.
         # The network is built; fit never calls this model, so say so here or
         # saving drops the optimizer state.
         self.built = True
@@ -151,12 +185,15 @@ class DiffusionModel(keras.Model):
 
         Draws t uniformly in 1..T and eps ~ N(0, I) for every image
         (`_training_draws`), noises the images with `q_sample` and compares
-        the network's prediction with its target.
+        the network's prediction with its target: eps (the lecture's), v or
+        x0 as `prediction` says. A conditional model replaces each label by
+        "no class" with probability `cond_drop_prob`.
 
         Args:
             images: tensor `(batch, H, W, C)` in [-1, 1].
-            labels: int tensor `(batch,)` or None. Class labels (conditional
-                models only).
+            labels: int tensor `(batch,)` or None. Class labels in
+                0..num_classes-1 (required by conditional models, ignored by
+                unconditional ones).
             training: bool. Passed to the network.
 
         Returns:
@@ -169,8 +206,63 @@ class DiffusionModel(keras.Model):
         images = ops.cast(images, "float32")
         t, noises = self._training_draws(ops.shape(images))
         noisy_images = self.q_sample(images, t, noises)
-        pred_noises = ops.cast(self.predict_noise(noisy_images, t, training), "float32")
-        return ops.mean(ops.square(noises - pred_noises))
+        if self.num_classes is None:
+            labels = None
+        else:
+            labels = self._drop_labels(self._check_training_labels(labels))
+        outputs = ops.cast(self.network_output(noisy_images, t, labels, training), "float32")
+        return ops.mean(ops.square(self.prediction_target(images, noises, t) - outputs))
+
+    def prediction_target(self, images, noises, t):
+        """What the network learns to output for `x_t = q_sample(images, t, noises)`.
+
+        `"epsilon"`: the noise; `"v"`: sqrtab[t] * eps - sqrtmab[t] * x0;
+        `"x0"`: the clean images.
+
+        Example:
+        >>> x0, eps = keras.ops.zeros((2, 32, 32, 3)), keras.ops.ones((2, 32, 32, 3))
+        >>> model.prediction_target(x0, eps, keras.ops.array([1, 1000])).shape
+        (2, 32, 32, 3)
+        """
+        if self.prediction == "epsilon":
+            return noises
+        if self.prediction == "x0":
+            return images
+        tables = self.tables
+        return sampling.gather(tables["sqrtab"], t) * noises - sampling.gather(
+            tables["sqrtmab"], t
+        ) * images
+
+    def _check_training_labels(self, labels):
+        """The batch's labels as int32 `(batch,)`, checked against num_classes."""
+        if labels is None:
+            raise ValueError(
+                f"This model is class-conditional (num_classes={self.num_classes}): "
+                "train it on (images, labels) batches, e.g. "
+                "load_dataset(..., with_labels=True)."
+            )
+        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            message = (
+                f"labels must be class ids in 0..{self.num_classes - 1} "
+                f"(num_classes={self.num_classes})"
+            )
+            checks = [
+                tf.debugging.assert_non_negative(labels, message=message),
+                tf.debugging.assert_less(labels, self.num_classes, message=message),
+            ]
+            with tf.control_dependencies(checks):
+                labels = tf.identity(labels)
+        return labels
+
+    def _drop_labels(self, labels):
+        """Replace each label by "no class" (num_classes) with prob. cond_drop_prob."""
+        if self.cond_drop_prob == 0:
+            return labels
+        draws = keras.random.uniform(ops.shape(labels), seed=self.seed_generator)
+        return ops.where(draws < self.cond_drop_prob, self.num_classes, labels)
 
     def _training_draws(self, image_shape):
         """Timesteps t ~ U{1..T} `(batch,)` and noise eps ~ N(0, I) for a batch."""
@@ -284,28 +376,120 @@ class DiffusionModel(keras.Model):
         return logs, (trainable, non_trainable, metrics_variables)
 
     # ---------------------------------------------------------------- sampling
-    def predict_noise(self, x_t, t, training=False):
-        """The network's noise estimate at integer timesteps `t` (shape `(batch,)`).
+    def network_output(self, x_t, t, labels=None, training=False):
+        """The network's raw prediction (eps, v or x0) at integer timesteps `t`.
 
-        The network sees `t / T`, as in the lecture, for training and sampling alike.
+        The network sees `t / T`, as in the lecture, for training and sampling
+        alike; a conditional network also gets `labels` (None means "no
+        class" for all).
+
+        Example:
+        >>> x_t = keras.random.normal((2, 32, 32, 3))
+        >>> model.network_output(x_t, keras.ops.array([10, 10])).shape
+        (2, 32, 32, 3)
+        """
+        x_t = ops.convert_to_tensor(x_t)
+        t_input = ops.reshape(ops.cast(t, "float32") / self.T, (-1, 1))
+        if self.num_classes is None:
+            return self.network([x_t, t_input], training=training)
+        if labels is None:
+            labels = ops.full((ops.shape(x_t)[0],), self.num_classes, "int32")
+        labels = ops.reshape(ops.cast(labels, "int32"), (-1, 1))
+        return self.network([x_t, t_input, labels], training=training)
+
+    def predict_noise(self, x_t, t, labels=None, guidance_scale=None, training=False):
+        """The model's noise estimate eps_theta(x_t, t) at integer timesteps `t`.
+
+        Converts a v or x0 prediction to the noise it implies:
+        eps = sqrtmab[t] x_t + sqrtab[t] v, or (x_t - sqrtab[t] x0) / sqrtmab[t].
+        With `guidance_scale=w` (conditional models) this is the classifier-
+        free guidance mix eps(no class) + w (eps(labels) - eps(no class)),
+        computed in one batched network call: w = 0 is unconditional, w = 1
+        plainly conditional, w > 1 pushes further towards the class.
+
+        Args:
+            x_t: tensor `(batch, H, W, C)`. Noisy images.
+            t: int tensor `(batch,)`. Timesteps in 1..T.
+            labels: int tensor `(batch,)` or None. Class ids (conditional
+                models); None is "no class".
+            guidance_scale: float (or scalar tensor) or None. None: one pass
+                with `labels` as given.
+            training: bool. Passed to the network.
 
         Example:
         >>> x_t = keras.random.normal((2, 32, 32, 3))
         >>> model.predict_noise(x_t, keras.ops.array([10, 10])).shape
         (2, 32, 32, 3)
         """
-        t_input = ops.reshape(ops.cast(t, "float32") / self.T, (-1, 1))
-        return self.network([x_t, t_input], training=training)
+        x_t, t = ops.convert_to_tensor(x_t), ops.convert_to_tensor(t)
+        if guidance_scale is None:
+            outputs = self.network_output(x_t, t, labels, training)
+            return self._noise_from_output(ops.cast(outputs, x_t.dtype), x_t, t)
+        if labels is None or self.num_classes is None:
+            raise ValueError(
+                "guidance_scale needs labels and a class-conditional model."
+            )
+        labels = ops.cast(labels, "int32")
+        both = self.predict_noise(
+            ops.concatenate([x_t, x_t], axis=0),
+            ops.concatenate([t, t], axis=0),
+            ops.concatenate([labels, ops.full_like(labels, self.num_classes)], axis=0),
+            training=training,
+        )
+        cond, uncond = ops.split(both, 2, axis=0)
+        return uncond + ops.cast(guidance_scale, uncond.dtype) * (cond - uncond)
 
-    def _segment_function(self):
-        """The compiled loop over a range of steps, traced once per sampler."""
-        if self._reverse_segment is None:
+    def _noise_from_output(self, outputs, x_t, t):
+        """The noise estimate implied by the network's output."""
+        if self.prediction == "epsilon":
+            return outputs
+        tables = self.tables
+        signal_rates = ops.cast(sampling.gather(tables["sqrtab"], t), x_t.dtype)
+        noise_rates = ops.cast(sampling.gather(tables["sqrtmab"], t), x_t.dtype)
+        if self.prediction == "v":
+            return noise_rates * x_t + signal_rates * outputs
+        return (x_t - signal_rates * outputs) / noise_rates
+
+    def score(self, x_t, t, labels=None, guidance_scale=None):
+        """The score grad_x log p_t(x_t) = -eps_theta(x_t, t) / sqrt(1 - alphabar_t).
+
+        Noise prediction is score matching in disguise (Song and Ermon 2019;
+        Ho et al. 2020, section 3.2): the noise estimate, scaled, is the
+        gradient of the log-density of the noised data.
+
+        Args:
+            x_t: tensor `(batch, H, W, C)`. Noisy images.
+            t: int tensor `(batch,)`. Timesteps in 1..T.
+            labels, guidance_scale: as in `predict_noise`.
+
+        Returns:
+            A float32 tensor shaped like `x_t`.
+
+        Example:
+        >>> x_t = keras.random.normal((2, 32, 32, 3))
+        >>> model.score(x_t, keras.ops.array([500, 500])).shape
+        (2, 32, 32, 3)
+        """
+        pred_noises = self.predict_noise(x_t, t, labels, guidance_scale)
+        return -pred_noises / ops.cast(
+            sampling.gather(self.tables["sqrtmab"], t), pred_noises.dtype
+        )
+
+    def _segment_function(self, options):
+        """The compiled loop over a range of steps, traced once per set of options."""
+        if options not in self._reverse_segments:
             tables = {k: ops.convert_to_tensor(v) for k, v in self.tables.items()}
+            sampler, clip_x0, variance, guided, inpainting, resample = options
 
-            def segment(x, timesteps, prev_timesteps, seed, start, stop, eta, options):
-                sampler, clip_x0, variance = options
+            def segment(x, timesteps, prev_timesteps, seed, start, stop, eta, conditions):
+                labels = conditions["labels"] if self.num_classes is not None else None
+                scale = conditions["guidance_scale"] if guided else None
+
+                def denoise(x_t, t):
+                    return self.predict_noise(x_t, t, labels, scale)
+
                 return sampling.run_reverse_loop(
-                    self.predict_noise,
+                    denoise,
                     x,
                     timesteps,
                     prev_timesteps,
@@ -317,13 +501,16 @@ class DiffusionModel(keras.Model):
                     eta=eta,
                     clip_x0=clip_x0,
                     variance=variance,
+                    known=conditions["known"] if inpainting else None,
+                    mask=conditions["mask"] if inpainting else None,
+                    resample=resample,
                 )
 
             jit = self.jit_compile if isinstance(self.jit_compile, bool) else False
-            self._reverse_segment = sampling.compile_function(
-                segment, jit, static_argnums=(7,), variables=self.network.variables
+            self._reverse_segments[options] = sampling.compile_function(
+                segment, jit, variables=self.network.variables
             )
-        return self._reverse_segment
+        return self._reverse_segments[options]
 
     def sample(
         self,
@@ -336,6 +523,8 @@ class DiffusionModel(keras.Model):
         frames=None,
         batch_size=None,
         verbose="auto",
+        labels=None,
+        guidance_scale=None,
     ):
         """Generate `n` images by reverse diffusion from pure noise.
 
@@ -359,9 +548,16 @@ class DiffusionModel(keras.Model):
             frames: iterable of int or None. Timesteps at which to keep the
                 intermediate images (the lecture shows 1000, 200, 50, 0);
                 each is recorded at the first sampled timestep <= it.
-            batch_size: int or None. Generate in chunks of this many images.
-                Chunks draw from different seeds, so results depend on it.
+            batch_size: int or None. Generate in chunks of at most this many
+                images, so memory stays bounded for large `n`. Chunks draw
+                from different seeds, so results depend on it.
             verbose: "auto", 0 or 1. Progress bar (auto: on for > 100 steps).
+            labels: int, sequence of n ints, or None. Class ids for a
+                class-conditional model (one int: the same class for all);
+                None samples unconditionally.
+            guidance_scale: float or None. Classifier-free guidance scale w
+                (see `predict_noise`); default `DEFAULT_GUIDANCE_SCALE` when
+                labels are given.
 
         Returns:
             A float32 NumPy array `(n, H, W, C)`, or `(images, frames_dict)`
@@ -372,8 +568,79 @@ class DiffusionModel(keras.Model):
         >>> images = model.sample(4, steps=50, seed=0, verbose=0)
         >>> images, frames = model.sample(1, seed=0, frames=[1000, 200, 50, 0])
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-            raise ValueError(f"n must be a positive integer number of images, got {n!r}.")
+        _check_count("n", n)
+        plan = self._plan(steps, eta, sampler, clip_x0, frames, verbose, labels, guidance_scale)
+        conditions = self._conditions(n, labels, guidance_scale)
+        return self._generate(n, plan, conditions, seed, batch_size, frames is not None)
+
+    def inpaint(
+        self,
+        images,
+        mask,
+        steps=None,
+        seed=None,
+        resample=1,
+        eta=0.0,
+        sampler=None,
+        clip_x0=None,
+        batch_size=None,
+        verbose="auto",
+        labels=None,
+        guidance_scale=None,
+    ):
+        """Regenerate the pixels of `images` where `mask` is 0; keep the rest.
+
+        RePaint (Lugmayr et al. 2022): run the reverse diffusion from noise,
+        and after every step replace the known pixels (mask 1) by the input
+        noised to the same timestep, so the new pixels are generated in their
+        context. `resample > 1` repeats each step that many times, going back
+        one step by forward diffusion in between, which harmonises the two
+        regions at the cost of `resample` times the network calls. The known
+        pixels of the result are exactly those of `images`.
+
+        Args:
+            images: array `(n, H, W, C)` in [-1, 1]. The images to complete.
+            mask: array `(n, H, W, C)`, `(n, H, W, 1)`, `(H, W, C)` or `(H, W)`
+                of 0/1 (or bool): 1 where `images` is known and kept.
+            steps: int or None. Reverse steps (None: all T, ancestral DDPM).
+            seed: int or None. Same seed, same result.
+            resample: int >= 1. RePaint's number of resamplings per step.
+            eta, sampler, clip_x0, batch_size, verbose, labels,
+                guidance_scale: as in `sample`.
+
+        Returns:
+            A float32 NumPy array `(n, H, W, C)`.
+
+        Example:
+        >>> images = model.sample(2, steps=20, seed=0)
+        >>> mask = np.ones((32, 32)); mask[8:24, 8:24] = 0  # Regenerate a square.
+        >>> completed = model.inpaint(images, mask, steps=20, seed=1, resample=2)
+        """
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != self.image_shape:
+            raise ValueError(
+                f"images must have shape (n, {', '.join(map(str, self.image_shape))}) "
+                f"for this model, got {images.shape}."
+            )
+        mask = _broadcast_mask(mask, images.shape)
+        if isinstance(resample, bool) or not isinstance(resample, (int, np.integer)) or resample < 1:
+            raise ValueError(f"resample must be an integer >= 1, got {resample!r}.")
+        n = len(images)
+        plan = self._plan(
+            steps, eta, sampler, clip_x0, None, verbose, labels, guidance_scale,
+            inpainting=True, resample=int(resample),
+        )
+        conditions = self._conditions(n, labels, guidance_scale)
+        conditions["known"], conditions["mask"] = images, mask
+        completed = self._generate(n, plan, conditions, seed, batch_size, False)
+        # The known pixels are the input's, bit for bit.
+        return np.where(mask > 0, images, completed)
+
+    def _plan(
+        self, steps, eta, sampler, clip_x0, frames, verbose, labels, guidance_scale,
+        inpainting=False, resample=1,
+    ):
+        """Check the sampling arguments; return the `_SamplingPlan` they describe."""
         if steps is None:
             steps = self.T
         sampling.check_steps(steps, self.T)
@@ -389,50 +656,128 @@ class DiffusionModel(keras.Model):
             )
         if clip_x0 is None:
             clip_x0 = sampler == "ddim"
-        if batch_size is None:
-            batch_size = n
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
         frame_times = sorted({int(t) for t in frames}, reverse=True) if frames else []
         if any(not 0 <= t <= self.T for t in frame_times):
             raise ValueError(f"frames must be timesteps in 0..{self.T}, got {frames!r}.")
         if verbose == "auto":
-            verbose = 1 if steps > 100 else 0
-
+            verbose = 1 if steps * resample > 100 else 0
         if sampler == "ddpm":
             timesteps, prev_timesteps = sampling.ddpm_timesteps(self.T)
         else:
             timesteps, prev_timesteps = sampling.strided_timesteps(self.T, steps)
-        plan = _SamplingPlan(
+        scale = self._guidance_scale(labels, guidance_scale)
+        return _SamplingPlan(
             timesteps=timesteps,
             prev_timesteps=prev_timesteps,
             boundaries=_segment_boundaries(prev_timesteps, frame_times, verbose),
             frame_times=frame_times,
             eta=float(eta),
-            options=(sampler, bool(clip_x0), self.variance),
+            verbose=bool(verbose),
+            options=(
+                sampler,
+                bool(clip_x0),
+                self.variance,
+                scale not in (None, 0.0, 1.0),  # Two network passes per step.
+                inpainting,
+                resample,
+            ),
         )
 
-        chunks, frame_chunks = [], {t: [] for t in frame_times}
-        progbar = keras.utils.Progbar(math.ceil(n / batch_size) * steps) if verbose else None
+    def _guidance_scale(self, labels, guidance_scale):
+        """The guidance scale to use, None for a single conditional pass."""
+        if guidance_scale is not None:
+            guidance_scale = float(guidance_scale)
+            if not math.isfinite(guidance_scale):
+                raise ValueError(f"guidance_scale must be finite, got {guidance_scale}.")
+            if labels is None:
+                raise ValueError(
+                    "guidance_scale needs labels: give the classes to guide towards "
+                    "(labels=...)."
+                )
+        elif labels is not None:
+            guidance_scale = DEFAULT_GUIDANCE_SCALE
+        return guidance_scale
+
+    def _conditions(self, n, labels, guidance_scale):
+        """Per-image labels `(n,)` and the guidance scale, checked, as arrays."""
+        if labels is None:
+            label_array = np.full((n,), self.num_classes or 0, np.int32)
+        else:
+            label_array = self._check_labels(labels, n)
+        scale = self._guidance_scale(labels, guidance_scale)
+        if scale == 0.0:  # Unconditional: the "no class" id for all.
+            label_array = np.full((n,), self.num_classes, np.int32)
+        return {
+            "labels": label_array,
+            "guidance_scale": np.float32(1.0 if scale is None else scale),
+            "known": np.zeros((1,), np.float32),
+            "mask": np.zeros((1,), np.float32),
+        }
+
+    def _check_labels(self, labels, n):
+        """`labels` as an int32 array `(n,)` of class ids, or a clear ValueError."""
+        if self.num_classes is None:
+            raise ValueError(
+                "This model is unconditional (num_classes=None): it cannot sample "
+                "given labels. Train a model with num_classes=K to use labels."
+            )
+        array = np.asarray(labels)
+        if array.ndim == 0:
+            array = np.full((n,), array)
+        if array.shape != (n,) or not (
+            np.issubdtype(array.dtype, np.integer)
+            or (np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array)))
+        ):
+            raise ValueError(
+                f"labels must be one int or {n} ints (one class id per image), "
+                f"got {labels!r}."
+            )
+        if np.any(array < 0) or np.any(array >= self.num_classes):
+            raise ValueError(
+                f"labels must be class ids in 0..{self.num_classes - 1} (this model has "
+                f"num_classes={self.num_classes}), got {sorted(set(array.tolist()))}."
+            )
+        return array.astype(np.int32)
+
+    def _generate(self, n, plan, conditions, seed, batch_size, with_frames):
+        """Run `plan` for `n` images in chunks of `batch_size`; see `sample`."""
+        if batch_size is None:
+            batch_size = n
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        steps = len(plan.timesteps)
+        chunks, frame_chunks = [], {t: [] for t in plan.frame_times}
+        progbar = (
+            keras.utils.Progbar(math.ceil(n / batch_size) * steps) if plan.verbose else None
+        )
+        inpainting = plan.options[4]
+        per_image = ("labels", "known", "mask") if inpainting else ("labels",)
         for chunk_index, chunk_start in enumerate(range(0, n, batch_size)):
-            chunk_size = min(batch_size, n - chunk_start)
-            # Chunk k draws from seeds (seed, k * (steps + 1) + 0..steps).
+            chunk = slice(chunk_start, min(chunk_start + batch_size, n))
+            chunk_conditions = {
+                key: value[chunk] if key in per_image else value
+                for key, value in conditions.items()
+            }
+            # Chunk k draws from seeds (seed + j, k * (steps + 1) + 0..steps).
             base_seed = np.array([seed % (2**31 - 1), chunk_index * (steps + 1)], np.int32)
-            images, chunk_frames = self._sample_chunk(chunk_size, base_seed, plan, progbar)
+            images, chunk_frames = self._sample_chunk(
+                chunk.stop - chunk.start, base_seed, plan, chunk_conditions, progbar
+            )
             chunks.append(images)
-            for t in frame_times:
+            for t in plan.frame_times:
                 frame_chunks[t].append(chunk_frames[t])
         images = np.concatenate(chunks, axis=0)
-        if frames is None:
+        if not with_frames:
             return images
-        return images, {t: np.concatenate(frame_chunks[t], axis=0) for t in frame_times}
+        return images, {t: np.concatenate(frame_chunks[t], axis=0) for t in plan.frame_times}
 
-    def _sample_chunk(self, n, base_seed, plan, progbar):
-        """Sample `n` images: x_T from `base_seed`, step i's noise from base + (0, 1 + i)."""
+    def _sample_chunk(self, n, base_seed, plan, conditions, progbar):
+        """Sample `n` images: x_T from `base_seed`, step i's noise from base + (k, 1 + i)."""
         x = sampling.stateless_normal((n,) + self.image_shape, ops.convert_to_tensor(base_seed))
-        segment = self._segment_function()
+        segment = self._segment_function(plan.options)
+        conditions = {key: ops.convert_to_tensor(value) for key, value in conditions.items()}
         recorded = {t: ops.convert_to_numpy(x) for t in plan.frame_times if t >= plan.timesteps[0]}
         start = 0
         for stop in plan.boundaries:
@@ -444,7 +789,7 @@ class DiffusionModel(keras.Model):
                 ops.convert_to_tensor(start, "int32"),
                 ops.convert_to_tensor(stop, "int32"),
                 ops.convert_to_tensor(plan.eta, "float32"),
-                plan.options,
+                conditions,
             )
             landed = int(plan.prev_timesteps[stop - 1])
             for t in plan.frame_times:
@@ -466,6 +811,9 @@ class DiffusionModel(keras.Model):
             "T": self.T,
             "schedule": self.schedule,
             "variance": self.variance,
+            "prediction": self.prediction,
+            "num_classes": self.num_classes,
+            "cond_drop_prob": self.cond_drop_prob,
             "seed": self.seed,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
@@ -486,7 +834,51 @@ class _SamplingPlan:
     boundaries: list  # End index of each compiled segment.
     frame_times: list  # Requested frame timesteps, descending.
     eta: float
-    options: tuple  # (sampler, clip_x0, variance): fixed at trace time.
+    verbose: bool
+    # (sampler, clip_x0, variance, guided, inpainting, resample): fixed at trace time.
+    options: tuple
+
+
+def _check_count(name, value):
+    """Raise `ValueError` unless `value` is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer number of images, got {value!r}.")
+
+
+def _check_conditioning(network, num_classes, cond_drop_prob):
+    """Check that the network's inputs match `num_classes` (None: unconditional)."""
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}.")
+    expected = 2 if num_classes is None else 3
+    if len(network.inputs) != expected:
+        kind = "unconditional" if num_classes is None else "class-conditional"
+        raise ValueError(
+            f"A {kind} DiffusionModel (num_classes={num_classes}) needs a network with "
+            f"{expected} inputs ([x_t, t]{'' if expected == 2 else ', label'}), got one with "
+            f"{len(network.inputs)}. Build it with NaiveUnet(..., num_classes="
+            f"{num_classes}) or pass the network's num_classes."
+        )
+    if not 0.0 <= float(cond_drop_prob) < 1.0:
+        raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob!r}.")
+
+
+def _broadcast_mask(mask, shape):
+    """A float32 0/1 mask of `shape` from `mask` (see `DiffusionModel.inpaint`)."""
+    mask = np.asarray(mask)
+    if mask.ndim == 2:
+        mask = mask[..., None]
+    try:
+        mask = np.broadcast_to(mask, shape)
+    except ValueError:
+        raise ValueError(
+            f"mask of shape {mask.shape} does not fit images of shape {shape}: give "
+            "(n, H, W, C), (n, H, W, 1), (H, W, C) or (H, W)."
+        ) from None
+    if not np.all((mask == 0) | (mask == 1)):
+        raise ValueError("mask must hold only 0 (generate) and 1 (keep) values.")
+    return mask.astype(np.float32)
 
 
 def _segment_boundaries(prev_timesteps, frame_times, verbose, progress_segments=20):

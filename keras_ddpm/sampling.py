@@ -250,22 +250,21 @@ def stateless_normal(shape, seed, dtype="float32"):
     )
 
 
-def compile_function(fn, jit_compile=False, static_argnums=(), variables=()):
+def compile_function(fn, jit_compile=False, variables=()):
     """Compile `fn` for the active backend (`tf.function`, `jax.jit`, or as is).
 
     TensorFlow: a `tf.function`, compiled with XLA when `jit_compile` is
     True (Keras' `"auto"` turns it on where there is a GPU). JAX: `jax.jit`,
-    always XLA (`jit_compile` is ignored; JAX has no other compiler); the
-    arguments at `static_argnums` (Python values such as strings) are
-    compile-time constants, and the current values of `variables` are passed
-    to every call through a `keras.StatelessScope`, so the compiled function
-    sees weights updated after it was traced (a closure would freeze them
-    as constants). Other backends: `fn` itself.
+    always XLA (`jit_compile` is ignored; JAX has no other compiler), and
+    the current values of `variables` are passed to every call through a
+    `keras.StatelessScope`, so the compiled function sees weights updated
+    after it was traced (read from a closure they would be frozen as
+    constants). Python values `fn` depends on (strings, flags) belong in its
+    closure: one compiled function per setting. Other backends: `fn` itself.
 
     Args:
-        fn: callable of tensors (and, at `static_argnums`, Python values).
+        fn: callable of tensors (nested lists and dicts of tensors too).
         jit_compile: bool. TensorFlow only: compile with XLA.
-        static_argnums: tuple of int. Positions of the non-tensor arguments.
         variables: list of `keras.Variable`. The variables `fn` reads.
 
     Returns:
@@ -276,9 +275,8 @@ def compile_function(fn, jit_compile=False, static_argnums=(), variables=()):
     >>> int(double(keras.ops.array(2)))
     4
     >>> scale = keras.Variable(3.0)
-    >>> times = compile_function(lambda x, op: x * scale, static_argnums=(1,),
-    ...                          variables=[scale])
-    >>> float(times(keras.ops.array(2.0), "times"))
+    >>> times = compile_function(lambda x: x * scale, variables=[scale])
+    >>> float(times(keras.ops.array(2.0)))
     6.0
     """
     backend = keras.backend.backend()
@@ -298,7 +296,7 @@ def compile_function(fn, jit_compile=False, static_argnums=(), variables=()):
             with keras.StatelessScope(state_mapping=list(zip(variables, values))):
                 return fn(*args)
 
-        compiled = jax.jit(stateless_fn, static_argnums=tuple(i + 1 for i in static_argnums))
+        compiled = jax.jit(stateless_fn)
 
         def call(*args):
             return compiled([variable.value for variable in variables], *args)
@@ -320,8 +318,20 @@ def run_reverse_loop(
     eta=0.0,
     clip_x0=False,
     variance="beta",
+    known=None,
+    mask=None,
+    resample=1,
 ):
     """Run steps `start..stop-1` of a reverse trajectory in one `fori_loop`.
+
+    With `known` and `mask` this is inpainting as in RePaint (Lugmayr et al.
+    2022): after each step the pixels where `mask` is 1 are replaced by the
+    known image noised to the step's target timestep, so the generated pixels
+    (mask 0) are denoised in the context of the known ones. With
+    `resample=r > 1` each step is repeated r times, going back from `prev_t`
+    to `t` by forward diffusion, q(x_t | x_prev) = N(sqrt(ab_t / ab_prev)
+    x_prev, (1 - ab_t / ab_prev) I), between repetitions, which lets the two
+    regions agree.
 
     Args:
         denoise_fn: callable `(x_t, t) -> pred_noises`, `t` an int tensor
@@ -329,8 +339,8 @@ def run_reverse_loop(
         x_start: tensor `(batch, H, W, C)`. Images at `timesteps[start]`.
         timesteps: int tensor `(steps,)`. Current timestep of each step.
         prev_timesteps: int tensor `(steps,)`. Timestep each step lands on.
-        seed: int32 tensor `(2,)`; step `i` draws its noise from
-            `(seed[0], seed[1] + i)`.
+        seed: int32 tensor `(2,)`; step `i` draws its k-th noise from
+            `(seed[0] + k, seed[1] + i)` (k = 0 is the step's own noise).
         schedule: dict of tables (tensors or arrays) from `ddpm_schedule`.
         start: int tensor. First step index.
         stop: int tensor. One past the last step index.
@@ -338,6 +348,10 @@ def run_reverse_loop(
         eta: float. DDIM stochasticity.
         clip_x0: bool. Clip the predicted clean image to [-1, 1].
         variance: str. DDPM: `"beta"` or `"posterior"`.
+        known: tensor like `x_start` or None. Clean known images (inpainting).
+        mask: tensor broadcastable to `x_start` or None. 1 where `known` is
+            kept, 0 where pixels are generated.
+        resample: int. Repetitions of each step when inpainting (>= 1).
 
     Returns:
         The images after step `stop - 1`.
@@ -352,18 +366,46 @@ def run_reverse_loop(
     timesteps = ops.convert_to_tensor(timesteps, "int32")
     prev_timesteps = ops.convert_to_tensor(prev_timesteps, "int32")
 
+    def step(x_t, t, prev_t, draw):
+        """One reverse step from t to prev_t; `draw(k)` is the step's k-th noise."""
+        pred_noises = ops.cast(denoise_fn(x_t, t), x_t.dtype)
+        if sampler == "ddpm":
+            x_prev = ddpm_step(
+                pred_noises, x_t, t, schedule, draw(0), variance, clip_x0=clip_x0
+            )
+        else:
+            x_prev = ddim_step(
+                pred_noises, x_t, t, prev_t, schedule, draw(0), eta=eta, clip_x0=clip_x0
+            )
+        if known is None:
+            return x_prev
+        known_prev = gather(schedule["sqrtab"], prev_t) * known + gather(
+            schedule["sqrtmab"], prev_t
+        ) * draw(1)
+        return mask * known_prev + (1.0 - mask) * x_prev
+
     def body(i, x_t):
         t = ops.broadcast_to(ops.take(timesteps, i), (batch,))
         prev_t = ops.broadcast_to(ops.take(prev_timesteps, i), (batch,))
-        pred_noises = ops.cast(denoise_fn(x_t, t), x_t.dtype)
-        step_seed = seed + ops.stack([ops.cast(0, "int32"), ops.cast(i, "int32")])
-        noise = stateless_normal(ops.shape(x_t), step_seed, x_t.dtype)
-        if sampler == "ddpm":
-            return ddpm_step(
-                pred_noises, x_t, t, schedule, noise, variance, clip_x0=clip_x0
-            )
-        return ddim_step(
-            pred_noises, x_t, t, prev_t, schedule, noise, eta=eta, clip_x0=clip_x0
-        )
+
+        def draw(k):
+            step_seed = seed + ops.stack([ops.cast(k, "int32"), ops.cast(i, "int32")])
+            return stateless_normal(ops.shape(x_t), step_seed, x_t.dtype)
+
+        if known is None or resample == 1:
+            return step(x_t, t, prev_t, draw)
+
+        alphabar = schedule["alphabar_t"]
+        ratio = gather(alphabar, t) / gather(alphabar, prev_t)
+
+        def repeat(u, state):
+            x_now, _ = state
+            x_prev = step(x_now, t, prev_t, lambda k: draw(3 * u + k))
+            # Back from prev_t to t by forward diffusion, for the next repetition.
+            x_again = ops.sqrt(ratio) * x_prev + ops.sqrt(1.0 - ratio) * draw(3 * u + 2)
+            return x_again, x_prev
+
+        _, x_prev = ops.fori_loop(0, resample, repeat, (x_t, x_t))
+        return x_prev
 
     return ops.fori_loop(start, stop, body, x_start)

@@ -63,12 +63,25 @@ def check_image_shape(input_shape):
     return shape
 
 
-def NaiveUnet(input_shape, n_feat=64, time_embedding="learned", name="naive_unet"):
+def NaiveUnet(
+    input_shape,
+    n_feat=64,
+    time_embedding="learned",
+    num_classes=None,
+    name="naive_unet",
+):
     """The lecture's U-Net: predicts the noise in `x_t` given `t` in [0, 1].
 
     Inputs are `[x_t, t]`, with `x_t` of shape `(batch, H, W, C)` and `t` of
     shape `(batch, 1)` (a vector `(batch,)` is accepted too, as the lecture's
     sampling loop passes); the output has the shape of `x_t`.
+
+    With `num_classes=K` the network is class-conditional: a third input
+    `label` of shape `(batch, 1)` holds int class ids in 0..K-1, or K for
+    "no class" (what classifier-free guidance trains and samples with). A
+    learned class embedding, initialised at unit scale so that it is not
+    drowned by the time embedding, is added to the time embedding wherever
+    that enters the network.
 
     At the lecture's setting (64x64x3, `n_feat=512`) it has 194 million
     parameters (the slides quote 129 million); `n_feat=64` has 3.0 million and
@@ -81,6 +94,8 @@ def NaiveUnet(input_shape, n_feat=64, time_embedding="learned", name="naive_unet
             levels use `2 * n_feat`.
         time_embedding: str. `"learned"` (the lecture's `TimeLayer`) or
             `"sinusoidal"`.
+        num_classes: int or None. Number of classes for a class-conditional
+            network; None (the lecture's) for an unconditional one.
         name: str. Name of the model.
 
     Returns:
@@ -91,8 +106,18 @@ def NaiveUnet(input_shape, n_feat=64, time_embedding="learned", name="naive_unet
     >>> x_t = keras.random.normal((2, 32, 32, 3))
     >>> net.predict([x_t, keras.ops.ones((2, 1)) * 0.5], verbose=0).shape
     (2, 32, 32, 3)
+    >>> cond = NaiveUnet((32, 32, 3), n_feat=16, num_classes=3)
+    >>> labels = keras.ops.array([[0], [3]])  # A class id, and 3 = "no class".
+    >>> cond.predict([x_t, keras.ops.ones((2, 1)), labels], verbose=0).shape
+    (2, 32, 32, 3)
     """
     height, width, channels = check_image_shape(input_shape)
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(
+            f"num_classes must be a positive integer or None, got {num_classes!r}."
+        )
     if not isinstance(n_feat, int) or n_feat < GROUPS or n_feat % GROUPS:
         raise ValueError(
             f"n_feat must be a positive multiple of {GROUPS} (GroupNormalization "
@@ -113,6 +138,18 @@ def NaiveUnet(input_shape, n_feat=64, time_embedding="learned", name="naive_unet
 
     t_emb = TimeLayer(2 * n_feat, embedding=time_embedding, name="time_embedding")(t_in)
     t_emb = layers.Reshape((1, 1, 2 * n_feat), name="time_reshape")(t_emb)
+    inputs = [img_in, t_in]
+    if num_classes is not None:
+        label_in = keras.Input(shape=(1,), dtype="int32", name="label")
+        c_emb = layers.Embedding(
+            num_classes + 1,  # The last id means "no class".
+            2 * n_feat,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+            name="class_embedding",
+        )(label_in)
+        c_emb = layers.Reshape((1, 1, 2 * n_feat), name="class_reshape")(c_emb)
+        t_emb = layers.Add(name="add_class")([t_emb, c_emb])
+        inputs.append(label_in)
 
     thro = layers.Add(name="add_time_bottleneck")([thro, t_emb])
     thro = layers.Conv2DTranspose(
@@ -131,4 +168,4 @@ def NaiveUnet(input_shape, n_feat=64, time_embedding="learned", name="naive_unet
         channels, kernel_size=3, padding="same", name="out", dtype="float32"
     )(out)
 
-    return keras.Model(inputs=[img_in, t_in], outputs=out, name=name)
+    return keras.Model(inputs=inputs, outputs=out, name=name)

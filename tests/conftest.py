@@ -12,3 +12,11 @@ import pytest  # noqa: E402
 def _fixed_keras_seed():
     keras.utils.set_random_seed(1234)
     yield
+
+
+@pytest.fixture(scope="session")
+def two_colour_model():
+    """A tiny class-conditional model trained on flat dark/light images (see helpers)."""
+    from helpers import train_two_colour_model
+
+    return train_two_colour_model()

@@ -27,11 +27,15 @@ TRAIN_OPTIONS = (
     "--beta1",
     "--beta2",
     "--schedule",
+    "--prediction",
+    "--conditional",
+    "--cond-drop-prob",
     "--n-feat",
     "--time-embedding",
     "--epochs",
     "--batch-size",
     "--lr",
+    "--ema",
     "--seed",
     "--precision",
     "--jit-compile",
@@ -40,6 +44,9 @@ TRAIN_OPTIONS = (
     "--sample-steps",
     "--clip-x0",
     "--no-clip-x0",
+    "--grid-every",
+    "--grid-steps",
+    "--log-dir",
     "--out",
 )
 SAMPLE_OPTIONS = (
@@ -55,6 +62,23 @@ SAMPLE_OPTIONS = (
     "--no-clip-x0",
     "--jit-compile",
     "--no-jit-compile",
+    "--labels",
+    "--guidance-scale",
+)
+EVALUATE_OPTIONS = (
+    "--dataset",
+    "--data-dir",
+    "--classes",
+    "--n",
+    "--steps",
+    "--seed",
+    "--batch-size",
+    "--inception-weights",
+    "--unconditional",
+    "--guidance-scale",
+    "--clip-x0",
+    "--no-clip-x0",
+    "--out",
 )
 
 # Tiny training run: 2 steps of 32 images, T = 20.
@@ -349,7 +373,9 @@ def test_parser_has_exactly_the_documented_options():
         for action in cli.build_parser()._actions
         if isinstance(action, cli.argparse._SubParsersAction)
     )
-    for command, expected in (("train", TRAIN_OPTIONS), ("sample", SAMPLE_OPTIONS)):
+    for command, expected in (
+        ("train", TRAIN_OPTIONS), ("sample", SAMPLE_OPTIONS), ("evaluate", EVALUATE_OPTIONS)
+    ):
         options = {
             option
             for action in subparsers.choices[command]._actions
@@ -373,7 +399,7 @@ def test_console_script_help():
 
 @pytest.mark.parametrize(
     "command, expected",
-    [("train", TRAIN_OPTIONS), ("sample", SAMPLE_OPTIONS)],
+    [("train", TRAIN_OPTIONS), ("sample", SAMPLE_OPTIONS), ("evaluate", EVALUATE_OPTIONS)],
 )
 def test_command_help_lists_every_option(command, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -383,3 +409,50 @@ def test_command_help_lists_every_option(command, expected, capsys):
     for option in expected:
         assert option in words, option
     assert "(default:" in " ".join(words)
+
+
+# --- conditioning, EMA, grids, evaluate ---------------------------------------------------
+
+
+def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, capsys):
+    out_dir = tmp_path / "cond"
+    args = TINY_TRAIN_ARGS + [
+        "--conditional", "--prediction", "v", "--ema", "0.9", "--epochs", "2",
+        "--grid-steps", "5", "--sample-steps", "5", "--log-dir", str(tmp_path / "logs"),
+        "--out", str(out_dir),
+    ]
+    assert cli.main(args) == 0
+    assert "conditional on 3 classes" in capsys.readouterr().out
+    model = keras.models.load_model(out_dir / "model.keras")
+    assert (model.num_classes, model.prediction) == (3, "v")
+    assert model.optimizer.use_ema
+    grids = sorted(p.name for p in (out_dir / "grids").glob("*.png"))
+    assert grids == ["samples_epoch_0001.png", "samples_epoch_0002.png"]
+    assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+
+    out = tmp_path / "labels.png"
+    assert cli.main(["sample", str(out_dir / "model.keras"), "--n", "3", "--steps", "4",
+                     "--labels", "2", "--guidance-scale", "3", "--out", str(out),
+                     "--npz", str(tmp_path / "s.npz")]) == 0
+    saved = np.load(tmp_path / "s.npz")["images"]
+    np.testing.assert_array_equal(
+        saved, model.sample(3, steps=4, seed=0, labels=2, guidance_scale=3.0)
+    )
+    message = _run_error(["sample", str(out_dir / "model.keras"), "--labels", "3", "--steps", "4",
+                         "--out", str(out)], capsys)
+    assert "labels must be class ids in 0..2" in message
+
+    metrics_path = tmp_path / "metrics.json"
+    assert cli.main(["evaluate", str(out_dir / "model.keras"), "--n", "8", "--steps", "3",
+                     "--out", str(metrics_path)]) == 0
+    figures = json.loads(metrics_path.read_text())
+    assert figures["n"] == 8 and figures["swd"] > 0 and "fid" not in figures
+
+
+def test_labels_for_an_unconditional_model_and_missing_inception_weights(trained_run, tmp_path, capsys):
+    out_dir, _ = trained_run
+    model = str(out_dir / "model.keras")
+    message = _run_error(["sample", model, "--labels", "0", "--out", str(tmp_path / "x.png")], capsys)
+    assert "--labels needs a class-conditional model" in message
+    message = _run_error(["evaluate", model, "--inception-weights", str(tmp_path / "none.h5")], capsys)
+    assert "not found" in message and "nothing is downloaded" in message

@@ -1,0 +1,160 @@
+"""Class conditioning, classifier-free guidance, prediction targets and the score."""
+import numpy as np
+import pytest
+import keras
+from keras import ops
+
+from helpers import two_colour_data
+from keras_ddpm import DiffusionModel, NaiveUnet, ddpm_schedule
+
+SHAPE = (32, 32, 3)
+
+
+def conditional_model(num_classes=3, **kwargs):
+    network = NaiveUnet(SHAPE, n_feat=8, num_classes=num_classes)
+    return DiffusionModel(network, T=20, num_classes=num_classes, seed=3, **kwargs)
+
+
+def numpy(x):
+    return ops.convert_to_numpy(x).astype(np.float64)
+
+
+def test_conditional_unet_takes_a_label_and_it_changes_the_output(tmp_path):
+    net = NaiveUnet(SHAPE, n_feat=8, num_classes=3)
+    assert [tuple(x.shape) for x in net.inputs] == [(None,) + SHAPE, (None, 1), (None, 1)]
+    x = np.random.default_rng(0).normal(size=(4,) + SHAPE).astype("float32")
+    t = np.full((4, 1), 0.5, "float32")
+    outs = [numpy(net([x, t, np.full((4, 1), label)])) for label in (0, 1, 3)]
+    assert np.abs(outs[0] - outs[1]).mean() > 1e-3 and np.abs(outs[0] - outs[2]).mean() > 1e-3
+    net.save(tmp_path / "net.keras")
+    reloaded = keras.models.load_model(tmp_path / "net.keras")
+    np.testing.assert_allclose(numpy(reloaded([x, t, np.full((4, 1), 1)])), outs[1], atol=1e-5)
+
+
+def test_network_and_num_classes_must_agree():
+    with pytest.raises(ValueError, match="needs a network with 3 inputs"):
+        DiffusionModel(NaiveUnet(SHAPE, n_feat=8), num_classes=3)
+    with pytest.raises(ValueError, match="needs a network with 2 inputs"):
+        DiffusionModel(NaiveUnet(SHAPE, n_feat=8, num_classes=3))
+    with pytest.raises(ValueError, match="cond_drop_prob must be in"):
+        conditional_model(cond_drop_prob=1.0)
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        NaiveUnet(SHAPE, n_feat=8, num_classes=0)
+
+
+def test_labels_out_of_range_are_a_clear_error():
+    model = conditional_model()
+    for labels in ([0, 1, 3], [-1, 0, 0]):
+        with pytest.raises(ValueError, match=r"labels must be class ids in 0\.\.2"):
+            model.sample(3, steps=2, labels=labels)
+    with pytest.raises(ValueError, match="one int or 3 ints"):
+        model.sample(3, steps=2, labels=[0, 1])
+    with pytest.raises(ValueError, match="guidance_scale needs labels"):
+        model.sample(3, steps=2, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="unconditional"):
+        DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=20).sample(2, steps=2, labels=[0, 1])
+    # The same in training: a dataset label outside 0..K-1 stops fit with the message.
+    model.compile(optimizer="adam")
+    images = np.zeros((4,) + SHAPE, "float32")
+    with pytest.raises(Exception, match=r"labels must be class ids in 0\.\.2"):
+        model.fit(images, np.array([0, 1, 2, 5]), batch_size=4, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="train it on \\(images, labels\\) batches"):
+        model.fit(images, batch_size=4, epochs=1, verbose=0)
+
+
+def test_labels_are_dropped_at_the_requested_rate():
+    model = conditional_model(cond_drop_prob=0.3)
+    labels = ops.convert_to_tensor(np.zeros(20000, "int32"))
+    dropped = numpy(model._drop_labels(labels))
+    assert set(np.unique(dropped)) == {0, 3}  # 3 = "no class".
+    assert (dropped == 3).mean() == pytest.approx(0.3, abs=0.015)
+    no_drop = conditional_model(cond_drop_prob=0.0)
+    np.testing.assert_array_equal(numpy(no_drop._drop_labels(labels)), 0)
+
+
+def test_guidance_mixes_conditional_and_unconditional_predictions():
+    model = conditional_model()
+    x_t = np.random.default_rng(1).normal(size=(3,) + SHAPE).astype("float32")
+    t = ops.convert_to_tensor([5, 10, 20])
+    labels = ops.convert_to_tensor([0, 1, 2])
+    cond = numpy(model.predict_noise(x_t, t, labels))
+    uncond = numpy(model.predict_noise(x_t, t, None))
+    np.testing.assert_allclose(uncond, numpy(model.predict_noise(x_t, t, [3, 3, 3])))
+    for w in (0.0, 1.0, 3.0):
+        guided = numpy(model.predict_noise(x_t, t, labels, guidance_scale=w))
+        np.testing.assert_allclose(guided, uncond + w * (cond - uncond), rtol=1e-4, atol=1e-5)
+
+
+def test_guidance_moves_samples_towards_the_class(two_colour_model):
+    """Class 0 is dark, class 1 light: guided samples take their class's colour."""
+    model = two_colour_model
+    labels = np.array([0, 1] * 4)
+    gaps = {}
+    for w in (0.0, 1.0, 3.0):
+        means = model.sample(8, steps=25, seed=5, labels=labels, guidance_scale=w).mean(axis=(1, 2, 3))
+        gaps[w] = means[labels == 1].mean() - means[labels == 0].mean()
+        if w == 3.0:  # Every light sample is lighter than every dark one.
+            assert means[labels == 1].min() > means[labels == 0].max() + 0.5
+    assert abs(gaps[0.0]) < 0.2  # w = 0 ignores the labels.
+    assert gaps[3.0] > gaps[1.0] > 0.5
+
+def test_conditional_model_round_trips_through_keras_file(two_colour_model, tmp_path):
+    model = two_colour_model
+    model.save(tmp_path / "cond.keras")
+    loaded = keras.models.load_model(tmp_path / "cond.keras")
+    assert (loaded.num_classes, loaded.cond_drop_prob, loaded.prediction) == (2, 0.1, "v")
+    for kwargs in ({"labels": [0, 1]}, {"labels": 1, "guidance_scale": 4.0}, {}):
+        np.testing.assert_array_equal(
+            loaded.sample(2, steps=5, seed=1, **kwargs), model.sample(2, steps=5, seed=1, **kwargs)
+        )
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "x0"])
+def test_prediction_targets_and_their_noise_conversion(prediction):
+    """The loss compares the right target, and the sampler recovers eps from it."""
+    T, seed = 40, 11
+    model = DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=T, seed=seed, prediction=prediction)
+    images = np.random.default_rng(2).uniform(-1, 1, (8,) + SHAPE).astype("float32")
+    loss = float(model.diffusion_loss(ops.convert_to_tensor(images)))
+
+    replay = keras.random.SeedGenerator(seed)
+    t = keras.random.randint((8,), 1, T + 1, dtype="int32", seed=replay)
+    noises = numpy(keras.random.normal(images.shape, seed=replay))
+    tn = ops.convert_to_numpy(t)
+    alphabar = np.cumprod(1 - np.linspace(1e-4, 0.02, T, dtype=np.float64))[tn - 1]
+    a, s = np.sqrt(alphabar)[:, None, None, None], np.sqrt(1 - alphabar)[:, None, None, None]
+    x_t = a * images + s * noises
+    target = {"epsilon": noises, "v": a * noises - s * images, "x0": images}[prediction]
+    np.testing.assert_allclose(numpy(model.prediction_target(images, noises, t)), target, atol=1e-5)
+    outputs = numpy(model.network([x_t.astype("float32"), (tn / T)[:, None].astype("float32")]))
+    assert loss == pytest.approx(np.mean((target - outputs) ** 2), rel=1e-4)
+
+    # A perfect prediction of the target converts back to the true noise.
+    recovered = numpy(model._noise_from_output(
+        ops.convert_to_tensor(target.astype("float32")), ops.convert_to_tensor(x_t.astype("float32")), t
+    ))
+    np.testing.assert_allclose(recovered, noises, atol=2e-3 if prediction == "x0" else 2e-5)
+
+
+def test_v_and_x0_models_train_sample_and_round_trip(tmp_path):
+    images, _ = two_colour_data(64)
+    for prediction in ("v", "x0"):
+        model = DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=20, prediction=prediction, seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(3e-3))
+        history = model.fit(images, batch_size=16, epochs=3, verbose=0)
+        assert history.history["loss"][-1] < history.history["loss"][0]
+        model.save(tmp_path / f"{prediction}.keras")
+        loaded = keras.models.load_model(tmp_path / f"{prediction}.keras")
+        assert loaded.prediction == prediction
+        np.testing.assert_array_equal(loaded.sample(2, seed=3), model.sample(2, seed=3))
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        DiffusionModel(NaiveUnet(SHAPE, n_feat=8), prediction="score")
+
+
+def test_score_is_scaled_negative_noise():
+    model = DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=100, schedule="cosine")
+    x_t = np.random.default_rng(3).normal(size=(2,) + SHAPE).astype("float32")
+    t = ops.convert_to_tensor([1, 100])
+    sqrtmab = ddpm_schedule(1e-4, 0.02, 100, kind="cosine")["sqrtmab"].astype(np.float64)
+    expected = -numpy(model.predict_noise(x_t, t)) / sqrtmab[[1, 100]][:, None, None, None]
+    np.testing.assert_allclose(numpy(model.score(x_t, t)), expected, rtol=1e-5)
