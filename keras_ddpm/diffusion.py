@@ -707,7 +707,7 @@ class DiffusionModel(keras.Model):
             )
         if clip_x0 is None:
             clip_x0 = sampler == "ddim"
-        frame_times = sorted({int(t) for t in frames}, reverse=True) if frames else []
+        frame_times = sorted({int(t) for t in frames}, reverse=True) if frames is not None else []
         if any(not 0 <= t <= self.T for t in frame_times):
             raise ValueError(f"frames must be timesteps in 0..{self.T}, got {frames!r}.")
         if verbose == "auto":
