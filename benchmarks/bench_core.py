@@ -1,64 +1,74 @@
-"""Core benchmark of keras_ddpm: training throughput and sampler speed, on this machine.
+"""keras_ddpm's speed benchmark: one command, one table of ratios measured side by side.
 
-One command measures, side by side in one process, and prints a Markdown table
-of figures and ratios at the end:
+Everything is measured in one process, in one run, on the current machine and
+Keras backend, and printed last as one Markdown table of comparisons (each
+row: what is measured, against what, the ratio, the issue's target):
 
-1. Training: images/s and ms/step of `DiffusionModel(NaiveUnet(size, n_feat))`
-   with Adam, through `model.fit` on an in-memory `tf.data` dataset of random
-   images. A first short `fit` call traces the train function (warm-up); a
-   second `fit` call is timed (wall time of its epoch / steps; the median of
-   the per-batch times from a callback is printed too).
-   The network's forward FLOPs per image are counted analytically from the
-   shapes seen in one forward pass: for each Conv2D and Dense,
-   2 * kh * kw * cin * cout * out_h * out_w (Dense: 2 * cin * cout); for each
-   Conv2DTranspose, 2 * kh * kw * cin * cout * in_h * in_w (every input pixel
-   scatters one kernel; with stride s this is the "out_h * out_w" formula
-   divided by s^2). Normalisation, activations, pooling and additions are not
-   counted (a few % at most). Training is taken as 3x the forward FLOPs, and
-   the resulting FLOP/s is compared with a ceiling measured in the same run:
-   the median time of `tf.matmul` on two 2048x2048 float32 matrices.
-2. Sampling, per reverse step at a given batch:
-   (a) the lecture's loop (seed 004, `reverse_diffusion.py`): one
-       `network.predict([x_t, t], verbose=0)` per step and the update with the
-       `ddpm_schedule` tables, eagerly, timed over a few steps after warm-up;
-   (a') the same loop with `predict` replaced by an eager `network([x_t, t])`
-       call (shows what dropping `predict` alone gives);
-   (b) the package's compiled sampler `DiffusionModel.sample(n, seed=0,
-       verbose=0)` over all T steps of a model with a small T (time per
-       step = total / T), after one warm-up call that traces the loop.
-   Then the time to a grid of images with the ancestral sampler over T=1000
-   steps (run for real when the estimate is under `--full-ddpm-limit`
-   seconds, else estimated as ms/step x 1000, which the table says) against
-   DDIM with 50 steps on a T=1000 model (measured after a warm-up call).
+1. Training images/s of `DiffusionModel(NaiveUnet((size, size, 3), n_feat))`
+   with Adam through `model.fit` on in-memory random images, for each
+   precision (Keras dtype policy; default float32 and mixed_bfloat16) and each
+   (size, n_feat, batch); a first short `fit` call traces or compiles the
+   train step (warm-up), a second one is timed (epoch wall time / steps).
+   On the TensorFlow backend also XLA (`jit_compile=True`) against the plain
+   `tf.function` (the JAX backend always compiles with XLA).
+2. FLOPs: the network's forward FLOPs per image, counted analytically from the
+   layer shapes of one forward pass (Conv2D and Dense: 2*kh*kw*cin*cout*out_h*
+   out_w, Dense 2*cin*cout; Conv2DTranspose: the same with the input's h*w;
+   normalisation, activations and pooling not counted, a few % at most);
+   training is taken as 3x forward. Achieved FLOP/s is compared with a matrix
+   multiply ceiling measured in the same run (median of one compiled n x n
+   `ops.matmul`, in float32 and bfloat16, at the start and the end of the run;
+   the higher is used).
+3. Sampler time per reverse step at batch 16 and 64: the package's compiled
+   `DiffusionModel.sample` (one compiled loop over all T steps of a small-T
+   model, after a warm-up call that traces it) against the lecture's loop
+   (seed 004, `reverse_diffusion.py`: one `network.predict([x_t, t])` per step
+   and the update with the `ddpm_schedule` tables, eagerly). Also the compiled
+   sampler in bfloat16 and, on TensorFlow, with XLA.
+4. Time to a grid of 16 images: DDIM with 50 steps (measured) against the
+   ancestral DDPM sampler over T=1000 steps (measured when the estimate is
+   under `--full-ddpm-limit` seconds, else extrapolated from the measured
+   compiled time per step; the table says which).
+5. Input pipeline (`keras_ddpm.data.load_dataset`, via bench_data.py) images/s
+   against the training consumption measured in 1.; needs TensorFlow (for
+   tf.data) and is skipped, with a note, where it is not installed.
 
 Usage:
-    python benchmarks/bench_core.py            # default, a few minutes on 2 cores
-    python benchmarks/bench_core.py --quick    # smoke test, < 60 s
-    python benchmarks/bench_core.py --n-feat 64 --batch 16 --sizes 32 64
+    python benchmarks/bench_core.py                   # CPU defaults, a few minutes on 2 cores
+    python benchmarks/bench_core.py --quick           # smoke test (tests/test_benchmarks.py)
+    KERAS_BACKEND=jax python benchmarks/bench_core.py --gpu   # the GPU settings
+    python benchmarks/bench_core.py --help            # every option
 
-All figures are measured when the script runs; nothing is hard-coded.
+`--gpu` measures training at 32x32 and 64x64, n_feat 64 and 128, batch 64 and
+256, float32 and bfloat16, a 8192 x 8192 matmul ceiling, and the sampler at
+batch 16 and 64. All figures are measured when the script runs; nothing is
+hard-coded.
 """
 
 import argparse
 import contextlib
 import datetime
+import itertools
 import os
 import platform
 import statistics
 import sys
 import time
+import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
 from keras_ddpm import DiffusionModel, NaiveUnet, ddpm_schedule  # noqa: E402
+from keras_ddpm.sampling import compile_function  # noqa: E402
 
+BACKEND = keras.backend.backend()
 LECTURE_T = 1000
+FLOAT32, BFLOAT16 = "float32", "mixed_bfloat16"
 
 
 # --------------------------------------------------------------------- options
@@ -67,56 +77,77 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="tiny settings, < 60 s")
-    parser.add_argument("--n-feat", type=int, default=64, help="NaiveUnet width")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64],
-                        help="image sizes (square) for the training benchmark")
-    parser.add_argument("--train-batch", type=int, default=32)
-    parser.add_argument("--train-steps", type=int, nargs="+", default=[10, 6],
-                        help="timed training steps per size (last value repeats)")
+    parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke test")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU settings: sizes 32 64, n_feat 64 128, batch 64 256, "
+                             "matmul 8192, more timed steps")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32],
+                        help="training image sizes (square)")
+    parser.add_argument("--n-feats", type=int, nargs="+", default=[64],
+                        help="NaiveUnet widths for training; the first is used for sampling")
+    parser.add_argument("--train-batches", type=int, nargs="+", default=[32],
+                        help="training batch sizes")
+    parser.add_argument("--precisions", nargs="+", default=[FLOAT32, BFLOAT16],
+                        choices=[FLOAT32, BFLOAT16, "mixed_float16"],
+                        help="Keras dtype policies to train (and sample) with; the first "
+                             "two are compared")
+    parser.add_argument("--train-steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--warmup-steps", type=int, default=2,
-                        help="steps of the warm-up fit call (traces the function)")
-    parser.add_argument("--batch", type=int, default=16, help="sampler batch")
-    parser.add_argument("--extra-batch", type=int, default=64,
-                        help="second sampler batch (0: skip); its predict-loop "
-                             "steps and T are scaled down by batch / extra-batch")
+                        help="steps of the warm-up fit call (traces the train step)")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
+                        help="TensorFlow backend: also time training and sampling with XLA")
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64],
+                        help="sampler batches; the first is the grid's")
     parser.add_argument("--sampler-size", type=int, default=32,
                         help="image size for the sampler benchmarks")
     parser.add_argument("--predict-steps", type=int, default=20,
-                        help="timed steps of the lecture's predict loop at --batch "
-                             "(scaled down for --extra-batch, min 10)")
+                        help="timed steps of the lecture's predict loop at the first batch "
+                             "(scaled down for larger batches, min 10)")
     parser.add_argument("--sampler-T", type=int, default=50,
-                        help="T of the model whose full compiled DDPM run is timed "
-                             "at --batch (scaled down for --extra-batch, min 20)")
+                        help="T of the model whose whole compiled DDPM run is timed at the "
+                             "first batch (scaled down for larger batches, min 20)")
     parser.add_argument("--ddim-steps", type=int, default=50)
     parser.add_argument("--grid-T", type=int, default=LECTURE_T,
                         help="T of the model for the DDPM vs DDIM grid timing")
     parser.add_argument("--full-ddpm-limit", type=float, default=60.0,
-                        help="run the full DDPM grid for real when the estimate "
-                             "is below this many seconds")
+                        help="run the full DDPM grid for real when the estimate is below "
+                             "this many seconds")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--matmul-repeats", type=int, default=20)
+    parser.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the input pipeline (needs TensorFlow)")
     args = parser.parse_args(argv)
+    if args.gpu:
+        args.sizes, args.n_feats, args.train_batches = [32, 64], [64, 128], [64, 256]
+        args.train_steps, args.warmup_steps = 20, 2
+        args.sampler_T, args.predict_steps = 200, 50
+        args.matmul_size, args.matmul_repeats = 8192, 20
     if args.quick:
-        args.n_feat = 16
-        args.sizes = [32]
-        args.train_batch = 8
-        args.train_steps = [3]
-        args.warmup_steps = 1
-        args.batch = 4
-        args.extra_batch = 0
-        args.predict_steps = 5
-        args.sampler_T = 10
-        args.ddim_steps = 10
-        args.grid_T = 100
-        args.matmul_size = 512
-        args.matmul_repeats = 5
+        args.sizes, args.n_feats, args.train_batches = [32], [16], [8]
+        args.train_steps, args.warmup_steps = 3, 1
+        args.batches, args.predict_steps, args.sampler_T = [4], 4, 10
+        args.ddim_steps, args.grid_T = 10, 100
+        args.matmul_size, args.matmul_repeats = 256, 3
+        args.xla = False
     return args
 
 
 # ------------------------------------------------------------------- machine
+def accelerators():
+    """Names of the backend's GPUs (or TPUs); empty on a CPU-only machine."""
+    if BACKEND == "jax":
+        import jax
+
+        return [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_physical_devices("GPU")]
+    return []
+
+
 def machine_info():
-    """CPU model, cores, library versions, date: the header of the report."""
+    """CPU, accelerators, library versions, date, command: the report's header."""
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
@@ -124,17 +155,25 @@ def machine_info():
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
                     break
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    versions = {"keras": keras.__version__}
+    for name in ("tensorflow", "jax", "torch"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            versions[name] = module.__version__
+    gpus = accelerators()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "gpus": len(gpus),
+        "gpu_names": sorted(set(gpus)),
+        "backend": BACKEND,
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
+        "versions": versions,
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "load": load,
-        "command": "python " + " ".join(sys.argv),
+        "load": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "command": " ".join(
+            [f"KERAS_BACKEND={BACKEND}", "python"] + [os.path.relpath(sys.argv[0])] + sys.argv[1:]
+        ),
     }
 
 
@@ -158,22 +197,56 @@ def busy_cpu_seconds():
         return None
 
 
+def finish_info(info, start, cpu_start):
+    """Adds the run time, the end load and other processes' CPU seconds to `info`."""
+    info["seconds"] = time.perf_counter() - start
+    cpu_end = busy_cpu_seconds()
+    info["others_cpu"] = (
+        None if cpu_start is None or cpu_end is None
+        else (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1])
+    )
+    info["load_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
 def log(message):
     """Print a progress line with the time and the 1-minute load average."""
     load = f", load {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     print(f"[{time.strftime('%H:%M:%S')}{load}] {message}", flush=True)
 
 
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Keras' global dtype policy set to `name` inside the block."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_model(size, n_feat, precision=FLOAT32, T=LECTURE_T):
+    """`DiffusionModel(NaiveUnet((size, size, 3), n_feat), T)` under `precision`."""
+    with dtype_policy(precision):
+        return DiffusionModel(NaiveUnet((size, size, 3), n_feat), T=T, seed=0)
+
+
 # ------------------------------------------------------------------- ceiling
-def matmul_ceiling(n, repeats):
-    """Median FLOP/s of one float32 `tf.matmul` of two n x n matrices."""
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
-    tf.matmul(a, b).numpy()  # warm-up
+def matmul_ceiling(n, repeats, dtype="float32"):
+    """Median FLOP/s of one compiled n x n `ops.matmul` in `dtype`.
+
+    The product is summed inside the compiled function so that reading back
+    one number waits for it without copying the matrix to the host.
+    """
+    rng = np.random.default_rng(0)
+    a = ops.cast(ops.convert_to_tensor(rng.standard_normal((n, n), np.float32)), dtype)
+    b = ops.cast(ops.convert_to_tensor(rng.standard_normal((n, n), np.float32)), dtype)
+    product_sum = compile_function(lambda a, b: ops.cast(ops.sum(ops.matmul(a, b)), "float32"))
+    ops.convert_to_numpy(product_sum(a, b))  # warm-up: compiles
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        tf.matmul(a, b).numpy()
+        ops.convert_to_numpy(product_sum(a, b))
         times.append(time.perf_counter() - start)
     return 2.0 * n**3 / statistics.median(times)
 
@@ -228,61 +301,53 @@ def forward_flops(network):
 
 
 # ------------------------------------------------------------------ training
-class BatchTimer(keras.callbacks.Callback):
-    """Wall time of each training batch and of the whole epoch."""
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of the epoch (Keras syncs the device before `on_epoch_end`).
+
+    No per-batch hooks: they would make Keras wait for every step on a GPU.
+    """
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.batch_times, self.epoch_start = [], time.perf_counter()
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batch_times.append(time.perf_counter() - self._start)
+        self.start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_time = time.perf_counter() - self.epoch_start
+        self.seconds = time.perf_counter() - self.start
 
 
-def random_image_dataset(size, batch, steps, channels=3, seed=0):
-    """An in-memory, repeated `tf.data` dataset of random images in [-1, 1]."""
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(-1, 1, (batch * steps, size, size, channels)).astype("float32")
-    return tf.data.Dataset.from_tensor_slices(images).batch(batch, drop_remainder=True).repeat()
-
-
-def bench_training(size, n_feat, batch, steps, warmup_steps):
-    """Images/s of `fit` for one image size, after a warm-up `fit` call."""
-    network = NaiveUnet((size, size, 3), n_feat)
-    model = DiffusionModel(network, seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4))
-    dataset = random_image_dataset(size, batch, steps)
+def bench_training(size, n_feat, batch, steps, warmup_steps, precision=FLOAT32,
+                   jit_compile="auto"):
+    """Images/s of `fit` on in-memory random images, after a warm-up `fit` call."""
+    model = build_model(size, n_feat, precision)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (batch * steps, size, size, 3)).astype("float32")
     start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=warmup_steps, verbose=0)
+    model.fit(images[: batch * warmup_steps], batch_size=batch, epochs=1, shuffle=False,
+              verbose=0)
     warmup = time.perf_counter() - start
-    timer = BatchTimer()
-    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
-    step_time = timer.epoch_time / steps
+    timer = EpochTimer()
+    model.fit(images, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+    step_time = timer.seconds / steps
     return {
         "size": size,
-        "params": network.count_params(),
-        "flops": forward_flops(network),
+        "n_feat": n_feat,
+        "batch": batch,
+        "precision": precision,
+        "jit_compile": model.jit_compile,
+        "params": model.network.count_params(),
+        "flops": forward_flops(model.network),
+        "steps": steps,
         "warmup_s": warmup,
         "step_s": step_time,
-        "median_batch_s": statistics.median(timer.batch_times),
         "images_per_s": batch / step_time,
     }
 
 
 # ------------------------------------------------------------------ sampling
-def lecture_loop(network, n, steps, warmup, use_predict=True, T=LECTURE_T,
-                 beta1=1e-4, beta2=0.02):
+def lecture_loop(network, n, steps, warmup, T=LECTURE_T, beta1=1e-4, beta2=0.02):
     """Seconds per step of the lecture's `model.predict` reverse loop (seed 004).
 
     Runs `warmup` steps, then times the next `steps` steps, from i = T down.
-    With `use_predict=False` the network is called directly (eager
-    `network([x_t, t])`), which separates `predict`'s per-call overhead from
-    the network's compute.
     """
     sched = ddpm_schedule(beta1, beta2, T)
     shape = (n,) + tuple(network.inputs[0].shape[1:])
@@ -291,10 +356,7 @@ def lecture_loop(network, n, steps, warmup, use_predict=True, T=LECTURE_T,
     def step(i, x_t):
         z = keras.random.normal(shape) if i > 0 else 0
         t = ops.numpy.repeat(i / T, n)
-        if use_predict:
-            eps = network.predict([x_t, t], verbose=0)
-        else:
-            eps = network([x_t, t], training=False)
+        eps = network.predict([x_t, t], verbose=0)
         return (
             sched["oneover_sqrtalpha"][i] * (x_t - sched["mab_over_sqrtmab"][i] * eps)
             + sched["sqrt_beta_t"][i] * z
@@ -316,36 +378,38 @@ def timed_sample(model, n, **kwargs):
     return time.perf_counter() - start
 
 
-def compiled_sampler(network, n, T):
-    """Seconds per step of the compiled DDPM sampler over all T steps.
+def compiled_step(network, n, T, jit_compile=None):
+    """`(first_call_s, per_step_s)` of the compiled DDPM sampler over all T steps.
 
-    Returns `(first_call_s, per_step_s)`: the first call includes tracing.
+    The first call includes tracing; `jit_compile=None` keeps Keras' auto.
     """
     model = DiffusionModel(network, T=T)
+    if jit_compile is not None:
+        model.jit_compile = jit_compile
     first = timed_sample(model, n)
     return first, timed_sample(model, n) / T
 
 
-def bench_sampler(size, n_feat, n, T, predict_steps):
-    network = NaiveUnet((size, size, 3), n_feat)
-    predict_s = lecture_loop(network, n, predict_steps, warmup=2)
-    eager_s = lecture_loop(network, n, predict_steps, warmup=2, use_predict=False)
-    first_s, compiled_s = compiled_sampler(network, n, T)
-    return {
-        "batch": n,
-        "T": T,
-        "predict_steps": predict_steps,
-        "predict_step_s": predict_s,
-        "eager_step_s": eager_s,
-        "compiled_first_s": first_s,
-        "compiled_step_s": compiled_s,
-        "flops": forward_flops(network),
-    }
+def bench_sampler(size, n_feat, n, T, predict_steps, precisions, xla):
+    """Lecture loop and compiled sampler ms/step at batch `n` (+ bf16, XLA variants)."""
+    network = build_model(size, n_feat).network
+    result = {"batch": n, "T": T, "predict_steps": predict_steps,
+              "flops": forward_flops(network)}
+    result["predict_step_s"] = lecture_loop(network, n, predict_steps, warmup=2)
+    result["compiled_first_s"], result["compiled_step_s"] = compiled_step(network, n, T)
+    for precision in precisions[1:2]:
+        other = build_model(size, n_feat, precision).network
+        other.set_weights(network.get_weights())
+        result["precision"] = precision
+        _, result["precision_step_s"] = compiled_step(other, n, T)
+    if xla:
+        _, result["xla_step_s"] = compiled_step(network, n, T, jit_compile=True)
+    return result
 
 
 def bench_grid(size, n_feat, n, T, ddim_steps, ddpm_step_s, full_limit):
     """Seconds to n images: DDPM over T steps vs DDIM over `ddim_steps`."""
-    model = DiffusionModel(NaiveUnet((size, size, 3), n_feat), T=T)
+    model = build_model(size, n_feat, T=T)
     ddim_first = timed_sample(model, n, steps=ddim_steps, sampler="ddim")
     ddim = timed_sample(model, n, steps=ddim_steps, sampler="ddim")
     estimate = ddpm_step_s * T
@@ -354,8 +418,29 @@ def bench_grid(size, n_feat, n, T, ddim_steps, ddpm_step_s, full_limit):
         ddpm, ddpm_measured = timed_sample(model, n), True
     else:
         ddpm, ddpm_measured = estimate, False
-    return {"ddim_first_s": ddim_first, "ddim_s": ddim, "ddpm_s": ddpm,
-            "ddpm_measured": ddpm_measured}
+    return {"n": n, "T": T, "ddim_steps": ddim_steps, "ddim_first_s": ddim_first,
+            "ddim_s": ddim, "ddpm_s": ddpm, "ddpm_measured": ddpm_measured}
+
+
+# ------------------------------------------------------------------ pipeline
+def bench_pipelines(quick):
+    """bench_data.py's `load_dataset` timings, or the reason they were skipped."""
+    try:
+        import tensorflow  # noqa: F401
+        import tensorflow_datasets  # noqa: F401
+    except ImportError as error:
+        return None, f"skipped: {error} (the tf.data pipeline needs TensorFlow)"
+    import tempfile
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_data
+
+    settings = types.SimpleNamespace(
+        batch=64, mock_examples=512 if quick else 4096, folder_images=64 if quick else 512,
+        cached_seconds=1.0 if quick else 5.0,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench_core_") as workdir:
+        return bench_data.bench_pipelines(settings, workdir), None
 
 
 # -------------------------------------------------------------------- report
@@ -366,78 +451,158 @@ def fmt_rate(value, unit):
     return f"{value:.2f} {unit}"
 
 
+def verdict(value, target):
+    """'>= 1.3x: met' style text, or '' without a target."""
+    if target is None:
+        return ""
+    return f">= {target:g}x: " + ("met" if value >= target else "NOT met")
+
+
+def short(precision):
+    return {FLOAT32: "fp32", BFLOAT16: "bf16", "mixed_float16": "fp16"}[precision]
+
+
 def ceiling_rows(args, ceilings):
-    ceiling = max(ceilings)
-    return [(f"Matmul ceiling (tf.matmul {args.matmul_size}x{args.matmul_size} fp32, median)",
-             fmt_rate(ceiling, "FLOP/s"),
-             "best of start / end of run: " + " / ".join(fmt_rate(c, "FLOP/s") for c in ceilings))]
-
-
-def training_rows(args, training, ceiling):
     rows = []
-    for r in training:
-        s, tb = r["size"], args.train_batch
-        train_rate = 3 * r["flops"] * r["images_per_s"]
-        rows += [
-            (f"Forward FLOPs/image, {s}x{s}, n_feat={args.n_feat} ({r['params'] / 1e6:.2f} M params)",
-             fmt_rate(r["flops"], "FLOP"), "analytic, Conv2D/Conv2DTranspose/Dense only"),
-            (f"Training {s}x{s}, batch {tb}: ms/step", f"{r['step_s'] * 1e3:.0f}",
-             f"epoch wall / steps; median batch {r['median_batch_s'] * 1e3:.0f} ms; "
-             f"warm-up fit {r['warmup_s']:.0f} s"),
-            (f"Training {s}x{s}, batch {tb}: images/s", f"{r['images_per_s']:.1f}", "model.fit, Adam"),
-            (f"Training {s}x{s}: FLOP/s (3x forward)", fmt_rate(train_rate, "FLOP/s"),
-             f"{train_rate / ceiling:.0%} of matmul ceiling"),
-        ]
+    for dtype, values in ceilings.items():
+        rows.append((f"Matmul ceiling {args.matmul_size}x{args.matmul_size} {dtype}",
+                     fmt_rate(max(values), "FLOP/s"), "", "", "",
+                     "median of compiled `ops.matmul`; start / end of run: "
+                     + " / ".join(fmt_rate(v, "FLOP/s") for v in values)))
     return rows
 
 
-def sampler_rows(args, samplers, ceiling):
+def training_rows(args, training, ceilings, gpu):
     rows = []
-    for r in samplers:
-        b, sz = r["batch"], args.sampler_size
+    configs = sorted({(r["size"], r["n_feat"], r["batch"]) for r in training})
+    for size, n_feat, batch in configs:
+        runs = {r["precision"]: r for r in training
+                if (r["size"], r["n_feat"], r["batch"]) == (size, n_feat, batch)
+                and r.get("xla") is None}
+        base = runs[args.precisions[0]]
+        what = f"{size}x{size}, n_feat {n_feat}, batch {batch}"
+        fractions = []
+        for precision, r in runs.items():
+            dtype = "bfloat16" if precision == BFLOAT16 else "float32"
+            if dtype in ceilings and precision != "mixed_float16":
+                rate = 3 * r["flops"] * r["images_per_s"]
+                fractions.append(f"{short(precision)} {fmt_rate(rate, 'FLOP/s')} = "
+                                 f"{rate / max(ceilings[dtype]):.0%} of the {dtype} matmul "
+                                 "ceiling")
+        note = (f"{fmt_rate(base['flops'], 'FLOP')} forward/image, "
+                f"{base['params'] / 1e6:.2f} M params; " + "; ".join(fractions))
+        if gpu and (size, batch) == (64, 256) and BFLOAT16 in runs:
+            rate = 3 * runs[BFLOAT16]["flops"] * runs[BFLOAT16]["images_per_s"]
+            fraction = rate / max(ceilings["bfloat16"])
+            note += f"; target >= 30% of the bf16 peak: {'met' if fraction >= 0.3 else 'NOT met'}"
+        if len(args.precisions) > 1:
+            other = runs[args.precisions[1]]
+            ratio = other["images_per_s"] / base["images_per_s"]
+            rows.append((f"Training images/s, {what}: {short(other['precision'])} vs "
+                         f"{short(base['precision'])}",
+                         f"{other['images_per_s']:.1f}", f"{base['images_per_s']:.1f}",
+                         f"{ratio:.2f}x", verdict(ratio, 2.0 if gpu else 1.3), note))
+        else:
+            rows.append((f"Training images/s, {what}: {short(base['precision'])}",
+                         f"{base['images_per_s']:.1f}", "", "", "", note))
+        for precision in args.precisions[2:]:
+            r = runs[precision]
+            rows.append((f"Training images/s, {what}: {short(precision)} vs "
+                         f"{short(base['precision'])}", f"{r['images_per_s']:.1f}",
+                         f"{base['images_per_s']:.1f}",
+                         f"{r['images_per_s'] / base['images_per_s']:.2f}x", "", ""))
+    for r in training:
+        if r.get("xla"):
+            base = next(b for b in training if b.get("xla") is None
+                        and (b["size"], b["n_feat"], b["batch"], b["precision"])
+                        == (r["size"], r["n_feat"], r["batch"], r["precision"]))
+            rows.append((f"Training images/s, {r['size']}x{r['size']}, n_feat {r['n_feat']}, "
+                         f"batch {r['batch']}, {short(r['precision'])}: XLA vs no XLA",
+                         f"{r['images_per_s']:.1f}", f"{base['images_per_s']:.1f}",
+                         f"{r['images_per_s'] / base['images_per_s']:.2f}x", "",
+                         f"`compile(jit_compile=True)`; Keras' auto chose "
+                         f"{'XLA' if base['jit_compile'] else 'no XLA'} here"))
+    return rows
+
+
+def sampler_rows(args, samplers, ceilings, gpu):
+    rows = []
+    for i, r in enumerate(samplers):
+        b, sz, n_feat = r["batch"], args.sampler_size, args.n_feats[0]
         ratio = r["predict_step_s"] / r["compiled_step_s"]
         rate = r["flops"] * b / r["compiled_step_s"]
-        rows += [
-            (f"Sampler {sz}x{sz}, batch {b}: (a) lecture predict loop, ms/step",
-             f"{r['predict_step_s'] * 1e3:.0f}", f"{r['predict_steps']} steps after 2 warm-up"),
-            (f"Sampler {sz}x{sz}, batch {b}: (a') same loop, eager `network(...)`, ms/step",
-             f"{r['eager_step_s'] * 1e3:.0f}",
-             "`predict` replaced by an eager call (op by op, no tf.function)"),
-            (f"Sampler {sz}x{sz}, batch {b}: (b) compiled DiffusionModel.sample, ms/step",
-             f"{r['compiled_step_s'] * 1e3:.0f}",
-             f"full DDPM run, T={r['T']}, after a warm-up call "
-             f"(first call {r['compiled_first_s']:.1f} s incl. tracing)"),
-            (f"Sampler batch {b}: speed-up per step, (b) vs (a)", f"{ratio:.2f}x",
-             "target >= 1.3x: " + ("met" if ratio >= 1.3 else "NOT met")),
-            (f"Sampler batch {b}: (b) forward FLOP/s", fmt_rate(rate, "FLOP/s"),
-             f"{rate / ceiling:.0%} of matmul ceiling"),
-        ]
+        target = (10.0 if i == 0 else None) if gpu else 1.3
+        rows.append((
+            f"Sampler ms/step, {sz}x{sz}, n_feat {n_feat}, batch {b}: compiled "
+            "`sample` vs the lecture's `predict` loop",
+            f"{r['compiled_step_s'] * 1e3:.1f}", f"{r['predict_step_s'] * 1e3:.1f}",
+            f"{ratio:.2f}x", verdict(ratio, target),
+            f"compiled: all T={r['T']} steps after a warm-up call (first call "
+            f"{r['compiled_first_s']:.1f} s); predict: {r['predict_steps']} steps after 2; "
+            f"compiled fp32 {fmt_rate(rate, 'FLOP/s')} = "
+            f"{rate / max(ceilings['float32']):.0%} of the float32 matmul ceiling"))
+        if "precision_step_s" in r:
+            ratio = r["compiled_step_s"] / r["precision_step_s"]
+            rows.append((f"Sampler ms/step, batch {b}: compiled {short(r['precision'])} vs "
+                         "fp32", f"{r['precision_step_s'] * 1e3:.1f}",
+                         f"{r['compiled_step_s'] * 1e3:.1f}", f"{ratio:.2f}x", "",
+                         "same weights; the network under the dtype policy"))
+        if "xla_step_s" in r:
+            ratio = r["compiled_step_s"] / r["xla_step_s"]
+            rows.append((f"Sampler ms/step, batch {b}: compiled with XLA vs without",
+                         f"{r['xla_step_s'] * 1e3:.1f}", f"{r['compiled_step_s'] * 1e3:.1f}",
+                         f"{ratio:.2f}x", "", "`tf.function(jit_compile=True)`"))
     return rows
 
 
-def grid_rows(args, samplers, grid):
-    n, T, k = samplers[0]["batch"], args.grid_T, args.ddim_steps
-    lecture_grid = samplers[0]["predict_step_s"] * (T + 1)
-    ddpm_note = "measured" if grid["ddpm_measured"] else "estimated: (b) ms/step x T"
+def grid_rows(samplers, grid):
+    n, T, k = grid["n"], grid["T"], grid["ddim_steps"]
+    lecture = samplers[0]["predict_step_s"] * (T + 1)
+    ddpm_note = ("measured" if grid["ddpm_measured"] else
+                 f"extrapolated: compiled {samplers[0]['compiled_step_s'] * 1e3:.1f} ms/step "
+                 f"(measured above) x {T}")
     return [
-        (f"Grid of {n}: DDPM T={T}, lecture predict loop", f"{lecture_grid:.0f} s",
-         "estimated: (a) ms/step x (T+1) calls"),
-        (f"Grid of {n}: DDPM T={T}, compiled", f"{grid['ddpm_s']:.0f} s", ddpm_note),
-        (f"Grid of {n}: DDIM {k} steps, compiled", f"{grid['ddim_s']:.1f} s",
-         f"measured after a warm-up call (first call {grid['ddim_first_s']:.1f} s)"),
-        (f"Grid: DDIM {k} vs compiled DDPM {T}", f"{grid['ddpm_s'] / grid['ddim_s']:.0f}x faster", ""),
-        (f"Grid: DDIM {k} vs lecture loop DDPM {T}", f"{lecture_grid / grid['ddim_s']:.0f}x faster", ""),
+        (f"Grid of {n} images: DDIM {k} steps vs compiled DDPM {T} steps",
+         f"{grid['ddim_s']:.2f} s", f"{grid['ddpm_s']:.1f} s",
+         f"{grid['ddpm_s'] / grid['ddim_s']:.1f}x", verdict(grid["ddpm_s"] / grid["ddim_s"], 15),
+         f"DDIM measured after a warm-up call (first call {grid['ddim_first_s']:.1f} s); "
+         f"DDPM {ddpm_note}"),
+        (f"Grid of {n} images: DDIM {k} steps vs the lecture's `predict` loop, DDPM {T} steps",
+         f"{grid['ddim_s']:.2f} s", f"{lecture:.1f} s", f"{lecture / grid['ddim_s']:.1f}x", "",
+         f"lecture loop extrapolated: {samplers[0]['predict_step_s'] * 1e3:.1f} ms/step "
+         f"(measured above) x {T + 1} calls"),
     ]
+
+
+def pipeline_rows(pipelines, skipped, training):
+    if pipelines is None:
+        return [("Input pipeline vs training consumption", "", "", "", "", skipped)]
+    rows = []
+    fp32 = [r for r in training if r["precision"] == FLOAT32 and r.get("xla") is None]
+    for p in pipelines:
+        same_size = [r for r in fp32 if r["size"] == p["size"]] or fp32
+        fastest = max(same_size, key=lambda r: r["images_per_s"])
+        ratio = p["first_rate"] / fastest["images_per_s"]
+        rows.append((
+            f"Input pipeline {p['source']} {p['size']}x{p['size']} (first, uncached pass) "
+            "vs training consumption",
+            f"{p['first_rate']:,.0f} img/s", f"{fastest['images_per_s']:.1f} img/s",
+            f"{ratio:,.0f}x", verdict(ratio, 10),
+            f"{p['note']}; cached passes {p['cached_rate']:,.0f} img/s; training: the fastest "
+            f"fp32 run at {fastest['size']}x{fastest['size']} (batch {fastest['batch']})"))
+    return rows
 
 
 def header_lines(info):
     def fmt_load(avg):
         return ", ".join(f"{v:.2f}" for v in avg) if avg else "n/a"
 
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    gpus = f"{info['gpus']} ({', '.join(info['gpu_names'])})" if info["gpus"] else "0"
     return [
         f"Command: `{info['command']}`",
-        f"Machine: {info['cpu']}, {info['cores']} cores, GPUs: {info['gpus']}; "
-        f"Python {info['python']}, TensorFlow {info['tensorflow']}, Keras {info['keras']}",
+        f"Machine: {info['cpu']}, {info['cores']} cores, GPUs: {gpus}; backend "
+        f"{info['backend']}; Python {info['python']}, {versions}",
         f"Date: {info['date']}; run time {info['seconds']:.0f} s; load average "
         f"(1, 5, 15 min) at start {fmt_load(info['load'])}, at end "
         f"{fmt_load(info['load_end'])} (the end includes this run)",
@@ -448,13 +613,14 @@ def header_lines(info):
     ]
 
 
-def report(info, args, ceilings, training, samplers, grid):
-    """Print the header and the Markdown table of figures and ratios."""
-    ceiling = max(ceilings)
-    rows = (ceiling_rows(args, ceilings) + training_rows(args, training, ceiling)
-            + sampler_rows(args, samplers, ceiling) + grid_rows(args, samplers, grid))
-    lines = [""] + header_lines(info) + ["", "| Measurement | Value | Note |", "| --- | ---: | --- |"]
-    lines += [f"| {name} | {value} | {note} |" for name, value, note in rows]
+def report(info, rows):
+    """Print the header and the one Markdown table of comparisons."""
+    lines = [""] + header_lines(info) + [
+        "",
+        "| Comparison | Measured | Against | Ratio | Target | Note |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     print("\n".join(lines), flush=True)
 
 
@@ -462,45 +628,67 @@ def report(info, args, ceilings, training, samplers, grid):
 def main(argv=None):
     args = parse_args(argv)
     info = machine_info()
+    gpu = info["gpus"] > 0
+    if args.gpu and not gpu:
+        log(f"--gpu: no GPU is visible to the {BACKEND} backend; running the GPU settings "
+            "on the CPU")
+    xla = args.xla and BACKEND == "tensorflow"
     start, cpu_start = time.perf_counter(), busy_cpu_seconds()
     keras.utils.set_random_seed(0)
 
-    log("matmul ceiling (start)")
-    ceilings = [matmul_ceiling(args.matmul_size, args.matmul_repeats)]
+    def ceiling_pass(ceilings):
+        for dtype in ("float32", "bfloat16"):
+            log(f"matmul ceiling {args.matmul_size}x{args.matmul_size} {dtype}")
+            ceilings.setdefault(dtype, []).append(
+                matmul_ceiling(args.matmul_size, args.matmul_repeats, dtype))
+
+    ceilings = {}
+    ceiling_pass(ceilings)
 
     training = []
-    for i, size in enumerate(args.sizes):
-        steps = args.train_steps[min(i, len(args.train_steps) - 1)]
-        log(f"training {size}x{size}, batch {args.train_batch}, {steps} timed steps")
-        training.append(bench_training(size, args.n_feat, args.train_batch, steps,
-                                       args.warmup_steps))
+    for size, n_feat, batch in itertools.product(args.sizes, args.n_feats, args.train_batches):
+        for precision in args.precisions:
+            log(f"training {size}x{size}, n_feat {n_feat}, batch {batch}, {precision}, "
+                f"{args.train_steps} timed steps")
+            training.append(bench_training(size, n_feat, batch, args.train_steps,
+                                           args.warmup_steps, precision))
+    if xla:
+        size, n_feat, batch = args.sizes[0], args.n_feats[0], args.train_batches[0]
+        log(f"training {size}x{size}, n_feat {n_feat}, batch {batch}, {FLOAT32}, XLA")
+        run = bench_training(size, n_feat, batch, args.train_steps, args.warmup_steps,
+                             jit_compile=True)
+        training.append(dict(run, xla=True))
 
     samplers = []
-    for n in [args.batch] + ([args.extra_batch] if args.extra_batch else []):
+    for n in args.batches:
         T, predict_steps = args.sampler_T, args.predict_steps
-        if n != args.batch:  # Fewer steps at the larger batch: same work.
-            T = max(20, T * args.batch // n)
-            predict_steps = max(10, predict_steps * args.batch // n)
-        log(f"sampler batch {n}: predict loop ({predict_steps} steps) and "
-            f"compiled sampler (T={T})")
-        samplers.append(bench_sampler(args.sampler_size, args.n_feat, n, T,
-                                      predict_steps))
+        if n != args.batches[0]:  # Fewer steps at a larger batch: about the same work.
+            T = max(20, T * args.batches[0] // n)
+            predict_steps = max(10, predict_steps * args.batches[0] // n)
+        log(f"sampler batch {n}: predict loop ({predict_steps} steps) and compiled "
+            f"sampler (T={T})")
+        samplers.append(bench_sampler(args.sampler_size, args.n_feats[0], n, T,
+                                      predict_steps, args.precisions, xla and n == args.batches[0]))
 
-    log(f"grid of {args.batch}: DDIM {args.ddim_steps} vs DDPM {args.grid_T}")
-    grid = bench_grid(args.sampler_size, args.n_feat, args.batch, args.grid_T,
-                      args.ddim_steps, samplers[0]["compiled_step_s"], args.full_ddpm_limit)
+    n = args.batches[0]
+    log(f"grid of {n}: DDIM {args.ddim_steps} vs DDPM {args.grid_T}")
+    grid = bench_grid(args.sampler_size, args.n_feats[0], n, args.grid_T, args.ddim_steps,
+                      samplers[0]["compiled_step_s"], args.full_ddpm_limit)
 
-    log("matmul ceiling (end)")
-    ceilings.append(matmul_ceiling(args.matmul_size, args.matmul_repeats))
-    info["seconds"] = time.perf_counter() - start
-    cpu_end = busy_cpu_seconds()
-    info["others_cpu"] = (
-        None if cpu_start is None or cpu_end is None
-        else (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1])
-    )
-    info["load_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    pipelines, skipped = None, "skipped: --no-pipeline"
+    if args.pipeline:
+        log("input pipeline (bench_data.py)")
+        pipelines, skipped = bench_pipelines(args.quick)
+
+    ceiling_pass(ceilings)
+    finish_info(info, start, cpu_start)
     log(f"done in {info['seconds']:.0f} s")
-    report(info, args, ceilings, training, samplers, grid)
+    rows = (training_rows(args, training, ceilings, gpu)
+            + sampler_rows(args, samplers, ceilings, gpu)
+            + grid_rows(samplers, grid)
+            + pipeline_rows(pipelines, skipped, training)
+            + ceiling_rows(args, ceilings))
+    report(info, rows)
 
 
 if __name__ == "__main__":

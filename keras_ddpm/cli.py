@@ -46,6 +46,14 @@ CLIP_X0_HELP = (
     "trained model can then drift out of range)"
 )
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+JIT_COMPILE_HELP = (
+    "compile with XLA (training and the sampling loop); --no-jit-compile turns it off "
+    "(default: Keras' auto, on with a GPU and off on CPU-only machines, where XLA was "
+    "measured slower; the JAX backend always compiles its sampler with XLA)"
+)
+
 # Longest error message printed (Keras' loading errors can quote whole configs).
 MAX_MESSAGE_LENGTH = 500
 
@@ -318,6 +326,21 @@ def build_parser():
         default=0,
         help="seed of the weights, data order, training noise and samples",
     )
+    optimization.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="Keras dtype policy of a new network: mixed_bfloat16 computes in bfloat16 "
+        "with float32 weights, output and loss (faster on GPUs and on CPUs with AVX-512 "
+        "BF16 or AMX, see BENCHMARKS.md), mixed_float16 adds loss scaling (GPUs only); "
+        "sampling uses the same (default: float32, or the --init model's own)",
+    )
+    optimization.add_argument(
+        "--jit-compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=JIT_COMPILE_HELP,
+    )
 
     reliability = train.add_argument_group("checkpoints and devices")
     reliability.add_argument(
@@ -467,6 +490,12 @@ def build_parser():
         "file, as 'images' (and 'frames', 'frame_timesteps' with --frames) "
         "(default: not saved)",
     )
+    sample.add_argument(
+        "--jit-compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=JIT_COMPILE_HELP,
+    )
     _add_conditioning_arguments(sample)
     sample.set_defaults(handler=sample_command)
 
@@ -608,18 +637,25 @@ def train_command(args):
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         if args.init is not None:
             model = _load_diffusion_model(args.init)
+            saved_precision = model.dtype_policy.name
+            if args.precision is not None and args.precision != saved_precision:
+                raise CommandError(
+                    f"--precision {args.precision} differs from the --init model's "
+                    f"{saved_precision}; leave --precision out to fine-tune in {saved_precision}"
+                )
             if tuple(model.image_shape) != tuple(image_shape):
                 raise CommandError(
                     f"--init model {args.init!r} makes {model.image_shape} images but "
                     f"{args.dataset} gives {image_shape}; pass --image-size to match"
                 )
         else:
-            network = NaiveUnet(
-                image_shape,
-                n_feat=args.n_feat,
-                time_embedding=args.time_embedding,
-                num_classes=num_classes,
-            )
+            with _dtype_policy(keras, args.precision or "float32"):
+                network = NaiveUnet(
+                    image_shape,
+                    n_feat=args.n_feat,
+                    time_embedding=args.time_embedding,
+                    num_classes=num_classes,
+                )
             model = DiffusionModel(
                 network,
                 beta1=args.beta1,
@@ -635,7 +671,8 @@ def train_command(args):
         optimizer = keras.optimizers.Adam(
             args.lr, use_ema=use_ema, ema_momentum=args.ema if use_ema else 0.99
         )
-        model.compile(optimizer=optimizer)
+        jit_compile = "auto" if args.jit_compile is None else args.jit_compile
+        model.compile(optimizer=optimizer, jit_compile=jit_compile)
     dataset = data.load_dataset(
         args.dataset,
         batch_size=args.batch_size,
@@ -657,7 +694,8 @@ def train_command(args):
     print(
         f"{what}, {model.network.count_params():,} parameters, on {args.dataset}{classes} "
         f"{height}x{width}x{channels} for {args.epochs} epoch(s) "
-        f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}{extras}){devices}.",
+        f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}{extras}, "
+        f"{model.dtype_policy.name}, XLA {'on' if model.jit_compile else 'off'}){devices}.",
         flush=True,
     )
     out_dir.mkdir(parents=True, exist_ok=True)  # Fail now, not after training.
@@ -689,6 +727,17 @@ def train_command(args):
     for name, path in paths.items():
         print(f"Wrote {name}: {path}")
     return paths
+
+
+@contextlib.contextmanager
+def _dtype_policy(keras, name):
+    """Sets Keras' global dtype policy to `name` inside the block, then restores it."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _train_callbacks(args, model, out_dir):
@@ -812,6 +861,9 @@ def sample_command(args):
     if out_path.suffix.lower() != ".png":
         raise CommandError(f"--out must be a .png path, got {args.out!r}")
     model = _load_diffusion_model(args.model)
+    # None lets Keras resolve "auto" for this machine (the file keeps the
+    # setting resolved where the model was trained).
+    model.jit_compile = args.jit_compile
     import numpy as np
 
     from keras_ddpm import plotting

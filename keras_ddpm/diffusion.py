@@ -93,6 +93,11 @@ class DiffusionModel(keras.Model):
         seed=None,
         **kwargs,
     ):
+        # Mixed precision: the model follows its network's dtype policy (the
+        # global one when it was built), so compile adds loss scaling for
+        # mixed_float16; the policy is saved with the model.
+        if isinstance(network, keras.Model):
+            kwargs.setdefault("dtype", network.dtype_policy)
         super().__init__(**kwargs)
         tables = ddpm_schedule(beta1, beta2, T, kind=schedule)  # Validates the scalars.
         if variance not in sampling.VARIANCES:
@@ -334,10 +339,20 @@ class DiffusionModel(keras.Model):
             kwargs.setdefault("shuffle", False)
         return super().fit(x, *args, **kwargs)
 
-    def train_step(self, data):
-        """One optimisation step (TensorFlow backend); called by `fit`."""
+    def train_step(self, *args):
+        """One optimisation step; called by `fit`.
+
+        TensorFlow: `train_step(data)` with a gradient tape. JAX:
+        `train_step(state, data) -> (logs, state)`, Keras' stateless pattern
+        (`_stateless_train_step`). Both minimise `diffusion_loss` and scale it
+        with `optimizer.scale_loss` (a `LossScaleOptimizer` under
+        `mixed_float16`; the identity otherwise).
+        """
+        if keras.backend.backend() == "jax":
+            return self._stateless_train_step(*args)
         import tensorflow as tf
 
+        (data,) = args
         images, labels = self._unpack(data)
         with tf.GradientTape() as tape:
             loss = self.diffusion_loss(images, labels, training=True)
@@ -350,12 +365,63 @@ class DiffusionModel(keras.Model):
         self.loss_tracker.update_state(loss)
         return distribute.reducible_logs({"loss": self.loss_tracker.result()})
 
-    def test_step(self, data):
-        """The same loss without a gradient step; called by `evaluate`."""
+    def test_step(self, *args):
+        """The same loss without a gradient step; called by `evaluate`.
+
+        TensorFlow: `test_step(data)`; JAX: `test_step(state, data) -> (logs, state)`.
+        """
+        if keras.backend.backend() == "jax":
+            return self._stateless_test_step(*args)
+        (data,) = args
         images, labels = self._unpack(data)
         loss = self.diffusion_loss(images, labels, training=False)
         self.loss_tracker.update_state(loss)
         return distribute.reducible_logs({"loss": self.loss_tracker.result()})
+
+    # JAX: the train and test steps are pure functions of the model's state
+    # (Keras' stateless pattern): `diffusion_loss` runs inside a
+    # `keras.StatelessScope` that maps every variable to the value passed in,
+    # and the new values (the seed generator's, the optimizer's) come back out.
+    def _stateless_loss(self, trainable, non_trainable, optimizer_variables, data, training):
+        """`(scaled_loss, (loss, non_trainable))` from `diffusion_loss` at these values."""
+        images, labels = self._unpack(data)
+        mapping = list(zip(self.trainable_variables, trainable))
+        mapping += list(zip(self.non_trainable_variables, non_trainable))
+        if optimizer_variables is not None:
+            mapping += list(zip(self.optimizer.variables, optimizer_variables))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            loss = self.diffusion_loss(images, labels, training=training)
+            scaled_loss = self.optimizer.scale_loss(loss) if training else loss
+        non_trainable = [scope.get_current_value(v) for v in self.non_trainable_variables]
+        return scaled_loss, (loss, non_trainable)
+
+    def _stateless_metrics(self, metrics_variables, loss):
+        """`(logs, metrics_variables)` after recording `loss` in the loss tracker."""
+        metrics_variables = self.loss_tracker.stateless_update_state(metrics_variables, loss)
+        return {"loss": self.loss_tracker.stateless_result(metrics_variables)}, metrics_variables
+
+    def _stateless_train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        gradient_fn = jax.value_and_grad(self._stateless_loss, has_aux=True)
+        (_, (loss, non_trainable)), gradients = gradient_fn(
+            trainable, non_trainable, optimizer_variables, data, True
+        )
+        # Unscales the gradients and skips non-finite steps under mixed_float16.
+        trainable, optimizer_variables = self.optimizer.stateless_apply(
+            optimizer_variables, gradients, trainable
+        )
+        logs, metrics_variables = self._stateless_metrics(metrics_variables, loss)
+        return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+    def _stateless_test_step(self, state, data):
+        trainable, non_trainable, metrics_variables = state
+        _, (loss, non_trainable) = self._stateless_loss(
+            trainable, non_trainable, None, data, False
+        )
+        logs, metrics_variables = self._stateless_metrics(metrics_variables, loss)
+        return logs, (trainable, non_trainable, metrics_variables)
 
     # ---------------------------------------------------------------- sampling
     def network_output(self, x_t, t, labels=None, training=False):
@@ -489,7 +555,9 @@ class DiffusionModel(keras.Model):
                 )
 
             jit = self.jit_compile if isinstance(self.jit_compile, bool) else False
-            self._reverse_segments[options] = sampling.compile_function(segment, jit)
+            self._reverse_segments[options] = sampling.compile_function(
+                segment, jit, variables=self.network.variables
+            )
         return self._reverse_segments[options]
 
     def sample(
@@ -639,7 +707,7 @@ class DiffusionModel(keras.Model):
             )
         if clip_x0 is None:
             clip_x0 = sampler == "ddim"
-        frame_times = sorted({int(t) for t in frames}, reverse=True) if frames else []
+        frame_times = sorted({int(t) for t in frames}, reverse=True) if frames is not None else []
         if any(not 0 <= t <= self.T for t in frame_times):
             raise ValueError(f"frames must be timesteps in 0..{self.T}, got {frames!r}.")
         if verbose == "auto":
@@ -798,6 +866,7 @@ class DiffusionModel(keras.Model):
             "num_classes": self.num_classes,
             "cond_drop_prob": self.cond_drop_prob,
             "seed": self.seed,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 
     @classmethod

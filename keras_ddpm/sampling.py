@@ -250,13 +250,34 @@ def stateless_normal(shape, seed, dtype="float32"):
     )
 
 
-def compile_function(fn, jit_compile=False):
+def compile_function(fn, jit_compile=False, variables=()):
     """Compile `fn` for the active backend (`tf.function`, `jax.jit`, or as is).
+
+    TensorFlow: a `tf.function`, compiled with XLA when `jit_compile` is
+    True (Keras' `"auto"` turns it on where there is a GPU). JAX: `jax.jit`,
+    always XLA (`jit_compile` is ignored; JAX has no other compiler), and
+    the current values of `variables` are passed to every call through a
+    `keras.StatelessScope`, so the compiled function sees weights updated
+    after it was traced (read from a closure they would be frozen as
+    constants). Python values `fn` depends on (strings, flags) belong in its
+    closure: one compiled function per setting. Other backends: `fn` itself.
+
+    Args:
+        fn: callable of tensors (nested lists and dicts of tensors too).
+        jit_compile: bool. TensorFlow only: compile with XLA.
+        variables: list of `keras.Variable`. The variables `fn` reads.
+
+    Returns:
+        A callable with the signature of `fn`.
 
     Example:
     >>> double = compile_function(lambda x: x * 2)
     >>> int(double(keras.ops.array(2)))
     4
+    >>> scale = keras.Variable(3.0)
+    >>> times = compile_function(lambda x: x * scale, variables=[scale])
+    >>> float(times(keras.ops.array(2.0)))
+    6.0
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -269,7 +290,18 @@ def compile_function(fn, jit_compile=False):
     if backend == "jax":
         import jax
 
-        return jax.jit(fn)
+        variables = list(variables)
+
+        def stateless_fn(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn(*args)
+
+        compiled = jax.jit(stateless_fn)
+
+        def call(*args):
+            return compiled([variable.value for variable in variables], *args)
+
+        return call
     return fn
 
 

@@ -37,6 +37,9 @@ TRAIN_OPTIONS = (
     "--lr",
     "--ema",
     "--seed",
+    "--precision",
+    "--jit-compile",
+    "--no-jit-compile",
     "--n-samples",
     "--sample-steps",
     "--clip-x0",
@@ -59,6 +62,8 @@ SAMPLE_OPTIONS = (
     "--npz",
     "--clip-x0",
     "--no-clip-x0",
+    "--jit-compile",
+    "--no-jit-compile",
     "--labels",
     "--guidance-scale",
 )

@@ -156,3 +156,9 @@ def test_fit_on_a_dataset_does_not_warn_about_shuffle():
         warnings.simplefilter("always")
         model.fit(dataset, epochs=1, verbose=0)
     assert not [w for w in caught if "shuffle" in str(w.message)]
+
+
+def test_frames_may_be_a_numpy_array():
+    model = small_model(T=10)
+    _, frames = model.sample(1, steps=2, seed=0, frames=np.array([10, 0]))
+    assert sorted(frames) == [0, 10]

@@ -1,0 +1,173 @@
+"""The JAX backend trains, evaluates, samples and saves, with TensorFlow unavailable.
+
+Keras picks its backend when it is first imported, so the JAX side runs in a
+subprocess: this file run as a script (`KERAS_BACKEND=jax python
+tests/test_backend_jax.py RESULTS_DIR`) makes `import tensorflow` fail, as on a
+GPU machine that has JAX but no TensorFlow, does the work on in-memory arrays,
+and writes what it saw to RESULTS_DIR. The tests below (TensorFlow backend)
+run it once and check the results; one also loads the JAX-trained `.keras`
+file with TensorFlow.
+"""
+import importlib.abc
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+SHAPE = (32, 32, 3)
+T = 20
+
+
+# --------------------------------------------------------------- JAX process
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    """Makes `import tensorflow` fail, as where only JAX is installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+
+def fixed_inputs():
+    """A fixed `[x_t, t]` batch to compare networks across processes."""
+    rng = np.random.default_rng(5)
+    x_t = rng.standard_normal((2,) + SHAPE).astype("float32")
+    return x_t, np.array([[0.25], [0.9]], "float32")
+
+
+def run_jax_session(out_dir):
+    sys.meta_path.insert(0, _NoTensorFlow())
+    import keras
+
+    from keras_ddpm import DiffusionModel, NaiveUnet
+
+    out_dir = pathlib.Path(out_dir)
+    keras.utils.set_random_seed(0)
+    images = np.random.default_rng(0).uniform(-1, 1, (32,) + SHAPE).astype("float32")
+    model = DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=T, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    before_fit = model.sample(2, seed=3, verbose=0)
+    history = model.fit(images, batch_size=8, epochs=4, verbose=0)
+    evaluated = model.evaluate(images, batch_size=8, verbose=0)
+    ddpm = model.sample(2, seed=3, verbose=0)
+    ddpm_again = model.sample(2, seed=3, verbose=0)
+    ddim = model.sample(2, steps=5, seed=3, verbose=0)
+    ddim_other_seed = model.sample(2, steps=5, seed=4, verbose=0)
+    x_t, t = fixed_inputs()
+    network_output = keras.ops.convert_to_numpy(model.network([x_t, t]))
+    model.save(out_dir / "model.keras")
+    reloaded = keras.models.load_model(out_dir / "model.keras")
+    reloaded_ddpm = reloaded.sample(2, seed=3, verbose=0)
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    bf16_model = DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=T, seed=0)
+    keras.config.set_dtype_policy("float32")
+    bf16_model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    bf16_history = bf16_model.fit(images, batch_size=8, epochs=2, verbose=0)
+    bf16_samples = bf16_model.sample(2, steps=5, seed=3, verbose=0)
+
+    np.savez(
+        out_dir / "arrays.npz",
+        before_fit=before_fit,
+        ddpm=ddpm,
+        ddpm_again=ddpm_again,
+        ddim=ddim,
+        ddim_other_seed=ddim_other_seed,
+        reloaded_ddpm=reloaded_ddpm,
+        network_output=network_output,
+        bf16_samples=bf16_samples,
+    )
+    results = {
+        "backend": keras.backend.backend(),
+        "tensorflow_imported": "tensorflow" in sys.modules,
+        "losses": history.history["loss"],
+        "evaluate_loss": float(evaluated),
+        "bf16_losses": bf16_history.history["loss"],
+        "bf16_compute_dtype": bf16_model.network.get_layer("init_conv").compute_dtype,
+
+    }
+    (out_dir / "results.json").write_text(json.dumps(results))
+
+
+# -------------------------------------------------------------------- tests
+if __name__ != "__main__":
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def jax_session(tmp_path_factory):
+        out_dir = tmp_path_factory.mktemp("jax")
+        env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+        root = pathlib.Path(__file__).resolve().parents[1]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        result = subprocess.run(
+            [sys.executable, __file__, str(out_dir)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        results = json.loads((out_dir / "results.json").read_text())
+        return out_dir, results, dict(np.load(out_dir / "arrays.npz"))
+
+    @pytest.mark.slow
+    def test_jax_runs_without_tensorflow(jax_session):
+        _, results, _ = jax_session
+        assert results["backend"] == "jax"
+        assert not results["tensorflow_imported"]
+
+    @pytest.mark.slow
+    def test_jax_fit_lowers_the_loss_and_evaluate_runs(jax_session):
+        _, results, _ = jax_session
+        losses = results["losses"]
+        assert losses[-1] < 0.8 * losses[0], losses
+        assert results["evaluate_loss"] < losses[0]
+
+    @pytest.mark.slow
+    def test_jax_sampling_is_reproducible_for_a_seed(jax_session):
+        _, _, arrays = jax_session
+        for name in ("ddpm", "ddim", "bf16_samples"):
+            assert arrays[name].shape == (2,) + SHAPE
+            assert arrays[name].dtype == np.float32
+            assert np.all(np.isfinite(arrays[name])), name
+        np.testing.assert_array_equal(arrays["ddpm"], arrays["ddpm_again"])
+        assert np.abs(arrays["ddim"] - arrays["ddim_other_seed"]).max() > 0.1
+        # DDPM and DDIM are different compiled loops (static options) from one seed.
+        assert np.abs(arrays["ddpm"] - arrays["ddim"]).max() > 0.1
+
+    @pytest.mark.slow
+    def test_jax_sampler_uses_the_weights_after_training(jax_session):
+        """The compiled loop reads the current weights, not those seen when traced."""
+        _, _, arrays = jax_session
+        assert np.abs(arrays["before_fit"] - arrays["ddpm"]).max() > 1e-3
+
+    @pytest.mark.slow
+    def test_jax_keras_round_trip_reproduces_samples(jax_session):
+        _, _, arrays = jax_session
+        np.testing.assert_allclose(arrays["reloaded_ddpm"], arrays["ddpm"], rtol=1e-5, atol=1e-5)
+
+    @pytest.mark.slow
+    def test_jax_mixed_bfloat16_trains(jax_session):
+        _, results, _ = jax_session
+        assert results["bf16_compute_dtype"] == "bfloat16"
+        assert all(np.isfinite(results["bf16_losses"]))
+        assert results["bf16_losses"][-1] < results["bf16_losses"][0]
+
+    @pytest.mark.slow
+    def test_model_trained_with_jax_loads_with_tensorflow(jax_session):
+        import keras
+
+        import keras_ddpm  # noqa: F401  (registers the classes for loading)
+
+        out_dir, _, arrays = jax_session
+        model = keras.models.load_model(out_dir / "model.keras")
+        x_t, t = fixed_inputs()
+        output = keras.ops.convert_to_numpy(model.network([x_t, t]))
+        np.testing.assert_allclose(output, arrays["network_output"], rtol=1e-4, atol=1e-4)
+
+
+if __name__ == "__main__":
+    run_jax_session(sys.argv[1])

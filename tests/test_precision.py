@@ -1,0 +1,142 @@
+"""Mixed precision (Keras dtype policies) and XLA compilation, on the TensorFlow backend."""
+import numpy as np
+import pytest
+import keras
+from keras import ops
+
+from keras_ddpm import DiffusionModel, NaiveUnet
+from keras_ddpm.cli import main
+
+SHAPE = (32, 32, 3)
+
+
+def random_images(n, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (n,) + SHAPE).astype("float32")
+
+
+def model_under(policy, T=20, seed=0, n_feat=8):
+    """A small DiffusionModel built under the global dtype `policy` (restored after)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        return DiffusionModel(NaiveUnet(SHAPE, n_feat=n_feat), T=T, seed=seed)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_bfloat16_computes_in_bfloat16_with_float32_weights_output_and_loss():
+    model = model_under("mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32"  # restored
+    assert model.dtype_policy.name == "mixed_bfloat16"
+    conv = model.network.get_layer("init_conv")
+    assert conv.compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in model.network.weights)
+    assert model.network.get_layer("out").compute_dtype == "float32"
+    noise = model.predict_noise(ops.convert_to_tensor(random_images(2)), ops.array([5, 20]))
+    assert noise.dtype == "float32"
+    assert model.diffusion_loss(ops.convert_to_tensor(random_images(2))).dtype == "float32"
+
+
+def test_group_normalization_normalises_in_float32_under_bfloat16():
+    """Keras' GroupNormalization upcasts: big, offset activations normalise exactly."""
+    model = model_under("mixed_bfloat16")
+    norm = model.network.get_layer("init_conv").Norm_1
+    assert norm.compute_dtype == "bfloat16"
+    rng = np.random.default_rng(0)
+    channels = norm.gamma.shape[0]
+    inputs = ops.cast(300.0 + 40.0 * rng.standard_normal((2, 8, 8, channels)), "bfloat16")
+    output = ops.convert_to_numpy(ops.cast(norm(inputs), "float32")).astype(np.float64)
+    # float64 reference on the same (bfloat16) inputs; gamma = 1, beta = 0.
+    x = ops.convert_to_numpy(ops.cast(inputs, "float32")).astype(np.float64)
+    groups = x.reshape(2, 8, 8, norm.groups, channels // norm.groups)
+    mean = groups.mean(axis=(1, 2, 4), keepdims=True)
+    var = groups.var(axis=(1, 2, 4), keepdims=True)
+    expected = ((groups - mean) / np.sqrt(var + norm.epsilon)).reshape(x.shape)
+    # bfloat16 keeps 8 significant bits: outputs in about [-3, 3] round by < 0.016.
+    np.testing.assert_allclose(output, expected, atol=0.02)
+
+
+@pytest.mark.slow
+def test_bfloat16_fit_lowers_the_loss_and_round_trips(tmp_path):
+    model = model_under("mixed_bfloat16", seed=1)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    history = model.fit(random_images(32), batch_size=8, epochs=4, verbose=0)
+    losses = history.history["loss"]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+    samples = model.sample(2, seed=3, verbose=0)
+    assert samples.dtype == np.float32 and samples.shape == (2,) + SHAPE
+    assert np.all(np.isfinite(samples))
+    model.save(tmp_path / "bf16.keras")
+    reloaded = keras.models.load_model(tmp_path / "bf16.keras")  # global policy: float32
+    assert reloaded.dtype_policy.name == "mixed_bfloat16"
+    assert reloaded.network.get_layer("init_conv").compute_dtype == "bfloat16"
+    np.testing.assert_array_equal(reloaded.sample(2, seed=3, verbose=0), samples)
+
+
+def test_float16_train_step_scales_the_loss():
+    """Under mixed_float16 compile wraps the optimizer in a LossScaleOptimizer and the
+    train step scales the loss: one SGD step then moves the weights as float32 does
+    (an unscaled loss would move them 2**15 times less)."""
+    images = random_images(4)
+    deltas = {}
+    reference = model_under("float32")
+    for policy in ("float32", "mixed_float16"):
+        model = model_under(policy)
+        model.network.set_weights(reference.network.get_weights())
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        if policy == "mixed_float16":
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        before = np.concatenate([w.ravel() for w in model.network.get_weights()])
+        model.fit(images, batch_size=4, epochs=1, verbose=0)
+        after = np.concatenate([w.ravel() for w in model.network.get_weights()])
+        deltas[policy] = after - before
+    scale = np.linalg.norm(deltas["float32"])
+    assert scale > 0
+    assert np.linalg.norm(deltas["mixed_float16"] - deltas["float32"]) < 0.1 * scale
+
+
+@pytest.mark.slow
+def test_xla_sampler_matches_the_plain_compiled_one():
+    """Deterministic DDIM (eta = 0) gives the same images with and without XLA.
+
+    (XLA draws other normal numbers from a stateless seed than TensorFlow's
+    kernels, so stochastic samplers give other, equally valid, images.)
+    """
+    model = model_under("float32", T=10)
+    plain = model.sample(2, steps=5, seed=0, verbose=0)
+    xla = model_under("float32", T=10)
+    xla.network.set_weights(model.network.get_weights())
+    xla.jit_compile = True
+    np.testing.assert_allclose(xla.sample(2, steps=5, seed=0, verbose=0), plain, atol=1e-4)
+    ddpm = xla.sample(2, seed=0, verbose=0)
+    np.testing.assert_array_equal(xla.sample(2, seed=0, verbose=0), ddpm)
+
+
+@pytest.mark.slow
+def test_cli_trains_in_bfloat16_and_samples_with_xla(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--num-examples", "32", "--epochs", "1", "--n-feat", "8", "--T", "10",
+              "--batch-size", "16", "--n-samples", "2", "--seed", "0"]
+    assert main(["train", *common, "--precision", "mixed_bfloat16", "--out", str(out)]) == 0
+    assert "mixed_bfloat16, XLA off" in capsys.readouterr().out  # auto: off without a GPU
+    assert keras.config.dtype_policy().name == "float32"  # the CLI restores it
+    model = keras.models.load_model(out / "model.keras")
+    assert model.dtype_policy.name == "mixed_bfloat16"
+    assert model.network.get_layer("init_conv").compute_dtype == "bfloat16"
+
+    npz = tmp_path / "samples.npz"
+    assert main(["sample", str(out / "model.keras"), "--n", "2", "--steps", "5",
+                 "--jit-compile", "--out", str(tmp_path / "s.png"), "--npz", str(npz)]) == 0
+    images = np.load(npz)["images"]
+    assert images.shape == (2,) + SHAPE and np.all(np.isfinite(images))
+
+    # Fine-tuning keeps the saved precision; asking for another one is an error.
+    with pytest.raises(SystemExit) as error:
+        main(["train", *common, "--init", str(out / "model.keras"), "--precision", "float32",
+              "--out", str(tmp_path / "again")])
+    assert error.value.code == 2
+    assert "--precision float32 differs from the --init model's mixed_bfloat16" in (
+        capsys.readouterr().err
+    )
