@@ -4,14 +4,27 @@
 the grids of successive epochs show the same trajectories getting better.
 To sample with the optimizer's EMA weights during training, put Keras'
 `keras.callbacks.SwapEMAWeights(swap_on_epoch=True)` before it in the list.
+
+For long runs, `BackupAndRestore` resumes where a killed run stopped and
+`StopOnDivergence` stops at a NaN loss before anything is saved:
+
+    callbacks = [
+        StopOnDivergence(),                   # First: nothing is saved after a NaN.
+        BackupAndRestore("runs/checkpoints"),  # Resume where a killed run stopped.
+    ]
+    model.fit(dataset, epochs=100, callbacks=callbacks)
 """
 
+import json
+import math
+import os
 import pathlib
+import warnings
 
 import numpy as np
 import keras
 
-from keras_ddpm import plotting
+from keras_ddpm import plotting, saving
 
 
 class SampleGrid(keras.callbacks.Callback):
@@ -103,3 +116,165 @@ class SampleGrid(keras.callbacks.Callback):
         with self._writer.as_default():
             tf.summary.image("samples", grid[None], step=step)
         self._writer.flush()
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore`, written atomically and keeping the loss history.
+
+    At the end of every epoch the model's weights, the optimizer's state
+    (step count, moments, and the EMA weights of `use_ema=True`) and the
+    number of completed epochs are written to `backup_dir`. Started again
+    with the same model, `fit` restores them and continues with the next
+    epoch instead of starting over, so a run killed at any moment loses at
+    most the epoch in progress.
+
+    Differences from `keras.callbacks.BackupAndRestore`:
+    - each file is written to a temporary file and renamed
+      (`keras_ddpm.saving.atomic_path`), so a crash or a full disk while
+      saving never leaves a damaged checkpoint;
+    - `history` holds the logs of every completed epoch, those of earlier
+      (interrupted) runs included;
+    - the learning rate is the one the model was compiled with, not the
+      checkpoint's, so a run can resume with a lower rate after diverging;
+    - a checkpoint written by a different model is a clear error.
+
+    The data pipeline is not part of the checkpoint: a resumed run starts
+    its next epoch with a new pass over the data.
+
+    Args:
+        backup_dir: str. Folder of the checkpoint, used only by this run.
+        save_freq: `"epoch"` or int. Save after every epoch, or every that
+            many steps (a resumed run then repeats the partial epoch).
+        delete_checkpoint: bool. Delete `backup_dir` when `fit` completes.
+            Keep it (False) when the result is saved afterwards, so that a
+            crash before that save does not lose the run.
+
+    Example:
+    >>> backup = BackupAndRestore("runs/checkpoints", delete_checkpoint=False)
+    >>> model.fit(dataset, epochs=10, callbacks=[backup])  # Kill it, run it again.
+    >>> len(backup.history["loss"])
+    10
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__(
+            os.fspath(backup_dir), save_freq=save_freq, delete_checkpoint=delete_checkpoint
+        )
+        self.history = {}
+
+    @property
+    def completed_epochs(self):
+        """Number of epochs completed in `backup_dir` (0 without a checkpoint).
+
+        Example:
+        >>> BackupAndRestore("runs/checkpoints").completed_epochs
+        0
+        """
+        return int(self._read_metadata().get("epoch", 0))
+
+    def _read_metadata(self):
+        if not os.path.exists(self._training_metadata_path):
+            return {}
+        try:
+            with open(self._training_metadata_path) as file:
+                return json.load(file)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"The checkpoint in {self.backup_dir!r} is unreadable "
+                f"({type(error).__name__}: {error}): delete that folder to start over."
+            ) from error
+
+    def on_train_begin(self, logs=None):
+        rate = self.model.optimizer.learning_rate  # A variable, unless a schedule.
+        compiled_rate = rate.numpy() if isinstance(rate, keras.Variable) else None
+        history = self._read_metadata().get("history", {})
+        self.history = {name: list(values) for name, values in history.items()}
+        try:
+            # Keras warns about each part of a mismatched checkpoint: report it once.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                super().on_train_begin(logs)
+        except (ValueError, OSError) as error:
+            reason = " ".join(str(error).split())[:300]
+            raise ValueError(
+                f"Could not resume from the checkpoint in {self.backup_dir!r}: it does not "
+                f"fit this model or is damaged ({type(error).__name__}: {reason}). Resume "
+                "with the settings that wrote it, or delete that folder to start over."
+            ) from error
+        for warning in caught:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+        if compiled_rate is not None:
+            rate.assign(compiled_rate)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
+        super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        """Writes the weights, then the epoch count and history, each atomically."""
+        os.makedirs(self.backup_dir, exist_ok=True)
+        saving.save_weights(self.model, self._weights_path)
+        metadata = {
+            "epoch": self._current_epoch,
+            "batch": self._last_batch_seen,
+            "history": self.history,
+        }
+        with saving.atomic_path(self._training_metadata_path) as temp:
+            temp.write_text(json.dumps(metadata))
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised by `StopOnDivergence` when the training loss is NaN or infinite.
+
+    Example:
+    >>> try:
+    ...     model.fit(dataset, callbacks=[StopOnDivergence()])
+    ... except TrainingDivergedError as error:
+    ...     print(error.epoch, error.step)
+    """
+
+    def __init__(self, message, epoch, step, loss):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.loss = loss
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stops `fit` at the first step whose loss is NaN or infinite.
+
+    Raises `TrainingDivergedError` naming the epoch and the step (both
+    counted from 1, as Keras' progress bar does). Raising, unlike
+    `keras.callbacks.TerminateOnNaN`'s default, skips the end of the epoch:
+    no checkpoint or model file is written with the broken weights, so the
+    last good ones stay intact. Put it before `BackupAndRestore` in the list
+    of callbacks.
+
+    Example:
+    >>> model.fit(dataset, epochs=10, callbacks=[StopOnDivergence()])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        epoch, step = self._epoch + 1, batch + 1
+        raise TrainingDivergedError(
+            f"Training diverged: the loss is {float(loss)} at epoch {epoch}, step {step}. "
+            "The model's weights are no longer usable; nothing was saved after this step. "
+            "Lower the learning rate, or check the data for NaN or infinite values, and "
+            "start again from the last good checkpoint or model file.",
+            epoch=epoch,
+            step=step,
+            loss=float(loss),
+        )

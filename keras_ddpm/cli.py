@@ -8,10 +8,13 @@ Three subcommands:
 
 `train` builds a `NaiveUnet` inside a `DiffusionModel`, fits it with Adam and
 writes `model.keras`, `samples.png`, `history.json` and a sample grid per
-epoch (`grids/`) to `--out`. `sample` loads such a `model.keras` and writes a
-PNG grid of new images (and, on request, a strip of intermediate steps and the
-raw float images as `.npz`). `evaluate` compares samples with a dataset's test
-images (sliced Wasserstein distance, and FID/KID given Inception weights).
+epoch (`grids/`) to `--out` (the model and the history atomically). With
+`--checkpoint-dir` it backs up every epoch and resumes after a crash;
+`--strategy` trains on several GPUs or machines (tf.distribute). `sample`
+loads such a `model.keras` and writes a PNG grid of new images (and, on
+request, a strip of intermediate steps and the raw float images as `.npz`).
+`evaluate` compares samples with a dataset's test images (sliced Wasserstein
+distance, and FID/KID given Inception weights).
 
 Every option is listed, with its default, by `keras-ddpm train --help` and
 `keras-ddpm sample --help`. A bad argument, a missing or damaged file, or an
@@ -28,7 +31,6 @@ import math
 import os
 import pathlib
 import sys
-import zipfile
 
 PROG = "keras-ddpm"
 
@@ -340,6 +342,24 @@ def build_parser():
         help=JIT_COMPILE_HELP,
     )
 
+    reliability = train.add_argument_group("checkpoints and devices")
+    reliability.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        default=None,
+        help="back up the weights, optimizer state and epoch count to DIR after every "
+        "epoch; run the same command again after a crash or a kill and it resumes from "
+        "the last completed epoch (delete DIR to start over) (default: no checkpoints)",
+    )
+    reliability.add_argument(
+        "--strategy",
+        choices=("default", "mirrored", "multiworker"),
+        default="default",
+        help="tf.distribute strategy: default (one device), mirrored (every local GPU), "
+        "multiworker (several machines, from the TF_CONFIG environment variable; run "
+        "the same command on each)",
+    )
+
     output = train.add_argument_group("output")
     output.add_argument(
         "--n-samples",
@@ -580,68 +600,79 @@ def _import_keras():
 def train_command(args):
     """Train a DDPM as `keras-ddpm train` does, write its files and print their paths.
 
+    With `--checkpoint-dir` a rerun of the same command resumes after the last
+    completed epoch. Under `--strategy multiworker` only the chief writes files.
+
     Args:
         args: `argparse.Namespace` from `build_parser()` for the `train` command.
 
     Returns:
-        dict of `"model"`, `"samples"`, `"history"` to the `pathlib.Path` written.
+        dict of `"model"`, `"samples"`, `"history"` to the `pathlib.Path` written
+        (empty on the other workers of a cluster).
 
     Example:
     >>> args = build_parser().parse_args(["train", "--epochs", "1", "--out", "/tmp/run"])
     >>> paths = train_command(args)
     """
     keras = _import_keras()
-    from keras_ddpm import data, plotting
+    from keras_ddpm import data, distribute, plotting, saving
     from keras_ddpm.diffusion import DiffusionModel
     from keras_ddpm.unet import NaiveUnet
 
     out_dir = pathlib.Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise CommandError(f"--out {str(out_dir)!r} exists and is not a directory")
+    checkpoint_dir = pathlib.Path(args.checkpoint_dir) if args.checkpoint_dir else None
+    if checkpoint_dir is not None and checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise CommandError(f"--checkpoint-dir {str(checkpoint_dir)!r} exists and is not a directory")
     # Check every setting before the (slow) data generation and training.
     if args.sample_steps is not None and args.sample_steps > args.T:
         raise CommandError(f"--sample-steps must be in 1..T = 1..{args.T}, got {args.sample_steps}")
     image_shape = data.dataset_image_shape(args.dataset, image_size=args.image_size)
     num_classes = len(data.dataset_class_names(args.dataset)) if args.conditional else None
+    # Before any other TensorFlow operation (a multi-worker strategy must come first).
+    strategy = distribute.make_strategy(args.strategy)
+    chief = distribute.is_chief()
     keras.utils.set_random_seed(args.seed)
-    if args.init is not None:
-        model = _load_diffusion_model(args.init)
-        saved_precision = model.dtype_policy.name
-        if args.precision is not None and args.precision != saved_precision:
-            raise CommandError(
-                f"--precision {args.precision} differs from the --init model's "
-                f"{saved_precision}; leave --precision out to fine-tune in {saved_precision}"
-            )
-        if tuple(model.image_shape) != tuple(image_shape):
-            raise CommandError(
-                f"--init model {args.init!r} makes {model.image_shape} images but "
-                f"{args.dataset} gives {image_shape}; pass --image-size to match"
-            )
-    else:
-        with _dtype_policy(keras, args.precision or "float32"):
-            network = NaiveUnet(
-                image_shape,
-                n_feat=args.n_feat,
-                time_embedding=args.time_embedding,
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if args.init is not None:
+            model = _load_diffusion_model(args.init)
+            saved_precision = model.dtype_policy.name
+            if args.precision is not None and args.precision != saved_precision:
+                raise CommandError(
+                    f"--precision {args.precision} differs from the --init model's "
+                    f"{saved_precision}; leave --precision out to fine-tune in {saved_precision}"
+                )
+            if tuple(model.image_shape) != tuple(image_shape):
+                raise CommandError(
+                    f"--init model {args.init!r} makes {model.image_shape} images but "
+                    f"{args.dataset} gives {image_shape}; pass --image-size to match"
+                )
+        else:
+            with _dtype_policy(keras, args.precision or "float32"):
+                network = NaiveUnet(
+                    image_shape,
+                    n_feat=args.n_feat,
+                    time_embedding=args.time_embedding,
+                    num_classes=num_classes,
+                )
+            model = DiffusionModel(
+                network,
+                beta1=args.beta1,
+                beta2=args.beta2,
+                T=args.T,
+                schedule=args.schedule,
+                prediction=args.prediction,
                 num_classes=num_classes,
+                cond_drop_prob=args.cond_drop_prob,
+                seed=args.seed,
             )
-        model = DiffusionModel(
-            network,
-            beta1=args.beta1,
-            beta2=args.beta2,
-            T=args.T,
-            schedule=args.schedule,
-            prediction=args.prediction,
-            num_classes=num_classes,
-            cond_drop_prob=args.cond_drop_prob,
-            seed=args.seed,
+        use_ema = args.ema is not None
+        optimizer = keras.optimizers.Adam(
+            args.lr, use_ema=use_ema, ema_momentum=args.ema if use_ema else 0.99
         )
-    use_ema = args.ema is not None
-    optimizer = keras.optimizers.Adam(
-        args.lr, use_ema=use_ema, ema_momentum=args.ema if use_ema else 0.99
-    )
-    jit_compile = "auto" if args.jit_compile is None else args.jit_compile
-    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+        jit_compile = "auto" if args.jit_compile is None else args.jit_compile
+        model.compile(optimizer=optimizer, jit_compile=jit_compile)
     dataset = data.load_dataset(
         args.dataset,
         batch_size=args.batch_size,
@@ -658,27 +689,32 @@ def train_command(args):
     extras = f", {model.prediction} prediction" if model.prediction != "epsilon" else ""
     if model.num_classes is not None:
         extras += f", conditional on {model.num_classes} classes"
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    devices = f" on {replicas} replicas ({args.strategy} strategy)" if replicas > 1 else ""
     print(
         f"{what}, {model.network.count_params():,} parameters, on {args.dataset}{classes} "
         f"{height}x{width}x{channels} for {args.epochs} epoch(s) "
         f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}{extras}, "
-        f"{model.dtype_policy.name}, XLA {'on' if model.jit_compile else 'off'}).",
+        f"{model.dtype_policy.name}, XLA {'on' if model.jit_compile else 'off'}){devices}.",
         flush=True,
     )
-    # The dataset is already shuffled each epoch; fit warns if asked to shuffle it.
     out_dir.mkdir(parents=True, exist_ok=True)  # Fail now, not after training.
-    history = model.fit(
-        dataset, epochs=args.epochs, verbose=2, callbacks=_train_callbacks(args, model, out_dir)
-    )
+    # Sample grids and TensorBoard logs come from the chief alone.
+    callbacks = _train_callbacks(args, model, out_dir) if chief else []
+    history = _fit_resumably(model, dataset, args, chief, callbacks)
+    if not chief:
+        print(f"Worker {distribute.worker_id()} done; the chief writes the outputs.")
+        return {}
 
     paths = {
         "model": out_dir / "model.keras",
         "samples": out_dir / "samples.png",
         "history": out_dir / "history.json",
     }
-    model.save(paths["model"])
-    losses = {name: [float(value) for value in values] for name, values in history.history.items()}
-    paths["history"].write_text(json.dumps(losses, indent=2) + "\n")
+    saving.save_model(model, paths["model"])
+    losses = {name: [float(value) for value in values] for name, values in history.items()}
+    with saving.atomic_path(paths["history"]) as temp:
+        temp.write_text(json.dumps(losses, indent=2) + "\n")
     print(f"Sampling {args.n_samples} images ...", flush=True)
     labels = None
     if model.num_classes is not None:
@@ -745,32 +781,58 @@ def _sampling_labels(model, labels, n):
     return [labels[i % len(labels)] for i in range(n)]
 
 
-def _load_diffusion_model(path):
-    """Loads a `DiffusionModel` from a `.keras` file, or raises `CommandError`."""
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise CommandError(f"model file {str(path)!r} not found")
-    if path.is_dir() or path.suffix != ".keras":
-        raise CommandError(
-            f"{str(path)!r} is not a .keras file (give the model.keras written by "
-            f"'{PROG} train')"
-        )
-    if not zipfile.is_zipfile(path):
-        # Keras would report "File not found" for a damaged archive.
-        raise CommandError(
-            f"could not load {str(path)!r}: the file is corrupt or truncated "
-            "(not a valid .keras zip archive)"
-        )
-    keras = _import_keras()
-    import keras_ddpm  # Registers DiffusionModel and its layers for loading.
+def _fit_resumably(model, dataset, args, chief, callbacks):
+    """`model.fit` that stops on a NaN loss and, with --checkpoint-dir, resumes.
 
+    `callbacks` come after the divergence check and the backup, so the backup
+    is written before `SwapEMAWeights` puts the averaged weights in the model.
+    Returns the loss history of every epoch, those of an interrupted earlier
+    run included.
+    """
+    from keras_ddpm import distribute
+    from keras_ddpm.callbacks import BackupAndRestore, StopOnDivergence, TrainingDivergedError
+
+    # Stop at a NaN loss before anything is saved; then back up each completed epoch.
+    first = [StopOnDivergence()]
+    backup = None
+    if args.checkpoint_dir is not None:
+        # Every worker of a cluster keeps its own copy (the chief's in DIR itself).
+        backup_dir = pathlib.Path(args.checkpoint_dir)
+        if not chief:
+            backup_dir = backup_dir / distribute.worker_id()
+        backup = BackupAndRestore(backup_dir, delete_checkpoint=False)
+        if backup.completed_epochs:
+            print(
+                f"Resuming from the checkpoint in {backup_dir}: {backup.completed_epochs} of "
+                f"{args.epochs} epoch(s) done.",
+                flush=True,
+            )
+        first.append(backup)
     try:
-        model = keras.models.load_model(path)
-    except Exception as error:  # zipfile, h5py, JSON and Keras errors alike.
+        # The dataset is already shuffled each epoch; fit warns if asked to shuffle it.
+        history = model.fit(dataset, epochs=args.epochs, verbose=2, callbacks=first + callbacks)
+    except TrainingDivergedError as error:
+        resume = (
+            f"the checkpoint in {args.checkpoint_dir} (after the last completed epoch) is "
+            "intact: run again with a lower --lr to resume from it"
+            if backup is not None
+            else "run again with a lower --lr (and --checkpoint-dir DIR to keep completed epochs)"
+        )
         raise CommandError(
-            f"could not load {str(path)!r}: the file is corrupt or truncated "
-            f"({type(error).__name__}: {_one_line(error)})"
+            f"training diverged: the loss is {error.loss} at epoch {error.epoch}, step "
+            f"{error.step} (lr={args.lr:g}); {str(pathlib.Path(args.out) / 'model.keras')!r} "
+            f"was not written; {resume}"
         ) from error
+    return backup.history if backup is not None else history.history
+
+
+def _load_diffusion_model(path):
+    """Loads a `DiffusionModel` safely (`saving.load_model`), or raises a clear error."""
+    _import_keras()
+    import keras_ddpm
+    from keras_ddpm import saving
+
+    model = saving.load_model(path)
     if not isinstance(model, keras_ddpm.DiffusionModel):
         raise CommandError(
             f"{str(path)!r} holds a {type(model).__name__} ({model.name!r}), not a "

@@ -17,7 +17,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_ddpm import sampling
+from keras_ddpm import distribute, sampling
 from keras_ddpm.schedule import ddpm_schedule
 
 SAMPLERS = ("ddpm", "ddim")
@@ -147,7 +147,27 @@ class DiffusionModel(keras.Model):
 
     def call(self, inputs, training=False):
         """Predicted noise for `[x_t, t]`, t in [0, 1]: the network's output."""
+        self._check_time_input(inputs)
         return self.network(inputs, training=training)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict` on `[x_t, t]`, checking that t is in [0, 1].
+
+        Example:
+        >>> model.predict([x_t, keras.ops.ones((2, 1)) * 0.5]).shape
+        (2, 32, 32, 3)
+        """
+        self._check_time_input(x)
+        return super().predict(x, *args, **kwargs)
+
+    def _check_time_input(self, inputs):
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 2:
+            _check_known_values(
+                inputs[1], 0.0, 1.0,
+                f"t must be the diffusion time in [0, 1], a timestep divided by T={self.T}",
+                "Pass t / model.T, or call model.predict_noise(x_t, timesteps) with "
+                "integer timesteps",
+            )
 
     def q_sample(self, images, t, noises):
         """Forward diffusion in one jump: x_t = sqrtab[t] x0 + sqrtmab[t] eps.
@@ -164,6 +184,10 @@ class DiffusionModel(keras.Model):
         >>> x0 = keras.ops.zeros((2, 32, 32, 3))
         >>> model.q_sample(x0, keras.ops.array([1, 1000]), keras.ops.ones_like(x0))
         """
+        _check_known_values(
+            t, 0, self.T, f"t must hold integer timesteps in 0..T=0..{self.T}",
+            "For t in [0, 1] multiply by model.T and round",
+        )
         tables = self.tables
         signal_rates = sampling.gather(tables["sqrtab"], t)
         noise_rates = sampling.gather(tables["sqrtmab"], t)
@@ -265,11 +289,35 @@ class DiffusionModel(keras.Model):
         return ops.where(draws < self.cond_drop_prob, self.num_classes, labels)
 
     def _training_draws(self, image_shape):
-        """Timesteps t ~ U{1..T} `(batch,)` and noise eps ~ N(0, I) for a batch."""
-        t = keras.random.randint(
-            image_shape[:1], 1, self.T + 1, dtype="int32", seed=self.seed_generator
+        """Timesteps t ~ U{1..T} `(batch,)` and noise eps ~ N(0, I) for a batch.
+
+        On TensorFlow the draws are stateless: the seed generator's next seed
+        (the same on every replica) is folded with the replica's id in its
+        `tf.distribute` strategy, so each replica draws its own t and eps, and
+        with the optimizer's step count, so a run resumed from a checkpoint
+        (the generator restarts) does not repeat its first steps' draws.
+        """
+        if keras.backend.backend() != "tensorflow":
+            t = keras.random.randint(
+                image_shape[:1], 1, self.T + 1, dtype="int32", seed=self.seed_generator
+            )
+            noises = keras.random.normal(image_shape, seed=self.seed_generator)
+            return t, noises
+        import tensorflow as tf
+
+        seed = self.seed_generator.next()
+        replica_context = tf.distribute.get_replica_context()
+        if replica_context is not None:  # None in a cross-replica context.
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, replica_context.replica_id_in_sync_group
+            )
+        if getattr(self, "optimizer", None) is not None:
+            seed = tf.random.experimental.stateless_fold_in(seed, self.optimizer.iterations)
+        t_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        t = tf.random.stateless_uniform(
+            image_shape[:1], t_seed, minval=1, maxval=self.T + 1, dtype="int32"
         )
-        noises = keras.random.normal(image_shape, seed=self.seed_generator)
+        noises = tf.random.stateless_normal(image_shape, noise_seed)
         return t, noises
 
     @staticmethod
@@ -315,7 +363,7 @@ class DiffusionModel(keras.Model):
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
         self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        return distribute.reducible_logs({"loss": self.loss_tracker.result()})
 
     def test_step(self, *args):
         """The same loss without a gradient step; called by `evaluate`.
@@ -328,7 +376,7 @@ class DiffusionModel(keras.Model):
         images, labels = self._unpack(data)
         loss = self.diffusion_loss(images, labels, training=False)
         self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        return distribute.reducible_logs({"loss": self.loss_tracker.result()})
 
     # JAX: the train and test steps are pure functions of the model's state
     # (Keras' stateless pattern): `diffusion_loss` runs inside a
@@ -549,8 +597,11 @@ class DiffusionModel(keras.Model):
                 intermediate images (the lecture shows 1000, 200, 50, 0);
                 each is recorded at the first sampled timestep <= it.
             batch_size: int or None. Generate in chunks of at most this many
-                images, so memory stays bounded for large `n`. Chunks draw
-                from different seeds, so results depend on it.
+                images, so memory stays bounded for large `n`: the compiled
+                loop only ever holds `batch_size` images (and their
+                activations); finished chunks wait on the host as NumPy
+                arrays. Chunks draw from different seeds, so results depend
+                on it.
             verbose: "auto", 0 or 1. Progress bar (auto: on for > 100 steps).
             labels: int, sequence of n ints, or None. Class ids for a
                 class-conditional model (one int: the same class for all);
@@ -656,7 +707,7 @@ class DiffusionModel(keras.Model):
             )
         if clip_x0 is None:
             clip_x0 = sampler == "ddim"
-        frame_times = sorted({int(t) for t in frames}, reverse=True) if frames else []
+        frame_times = sorted({int(t) for t in frames}, reverse=True) if frames is not None else []
         if any(not 0 <= t <= self.T for t in frame_times):
             raise ValueError(f"frames must be timesteps in 0..{self.T}, got {frames!r}.")
         if verbose == "auto":
@@ -823,6 +874,19 @@ class DiffusionModel(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
+
+
+def _check_known_values(values, low, high, what, fix):
+    """Raise a ValueError if `values` are known now (eager) and outside [low, high].
+
+    Symbolic and traced tensors pass: their values are unknown until run.
+    """
+    try:
+        array = ops.convert_to_numpy(values)
+    except Exception:  # Symbolic (graph, JAX trace, KerasTensor): nothing to check.
+        return
+    if array.size and not (array.min() >= low and array.max() <= high):
+        raise ValueError(f"{what}; got values from {array.min():g} to {array.max():g}. {fix}.")
 
 
 @dataclasses.dataclass(frozen=True)

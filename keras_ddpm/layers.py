@@ -172,6 +172,8 @@ class UnetUpLayer(layers.Layer):
                 "UnetUpLayer: the input and the skip connection must have the "
                 f"same height and width, got {img_shape} and {skip_shape}."
             )
+        # Build every sublayer, or fit under a tf.distribute strategy finds
+        # the model unbuilt and tries to build it by calling it on images.
         self.Concatenate.build([img_shape, skip_shape])
         merged_shape = tuple(img_shape[:-1]) + (img_shape[-1] + skip_shape[-1],)
         self.Conv2DTranspose.build(merged_shape)

@@ -48,6 +48,8 @@ TRAIN_OPTIONS = (
     "--grid-steps",
     "--log-dir",
     "--out",
+    "--checkpoint-dir",
+    "--strategy",
 )
 SAMPLE_OPTIONS = (
     "--n",

@@ -31,30 +31,33 @@ def test_q_sample_matches_closed_form():
 
 
 def test_loss_is_the_lectures_mse_with_t_in_1_to_T():
-    """Replays the model's random draws: t ~ U{1..T}, eps ~ N(0, I), input t / T."""
+    """Recomputes the loss from the model's random draws: t ~ U{1..T}, eps ~ N(0, I), input t / T."""
     T, seed = 50, 3
     model = small_model(T=T, seed=seed)
     images = random_images(16)
+    drawn = []
+    draw = model._training_draws
+    model._training_draws = lambda shape: drawn.append(draw(shape)) or drawn[-1]
     loss = float(model.diffusion_loss(ops.convert_to_tensor(images)))
 
-    replay = keras.random.SeedGenerator(seed)
-    t = keras.random.randint((16,), 1, T + 1, dtype="int32", seed=replay)
-    noises = keras.random.normal(images.shape, seed=replay)
+    (t, noises), = drawn
     x_t = model.q_sample(images, t, noises)
     pred = model.network([x_t, ops.reshape(ops.cast(t, "float32") / T, (-1, 1))])
     expected = np.mean((ops.convert_to_numpy(noises) - ops.convert_to_numpy(pred)) ** 2)
     assert loss == pytest.approx(float(expected), rel=1e-5)
     t = ops.convert_to_numpy(t)
-    assert t.min() >= 1 and t.max() <= T
+    assert t.shape == (16,) and t.min() >= 1 and t.max() <= T
 
 
-def test_timesteps_cover_1_to_T():
+def test_training_draws_cover_1_to_T_and_are_standard_normal():
     model = small_model(T=5, seed=0)
-    draws = np.concatenate([
-        ops.convert_to_numpy(keras.random.randint((256,), 1, 6, seed=model.seed_generator))
-        for _ in range(4)
-    ])
-    assert set(draws.tolist()) == {1, 2, 3, 4, 5}
+    draws = [model._training_draws((256, 4, 4, 1)) for _ in range(4)]
+    timesteps = np.concatenate([ops.convert_to_numpy(t) for t, _ in draws])
+    assert set(timesteps.tolist()) == {1, 2, 3, 4, 5}
+    noises = np.stack([ops.convert_to_numpy(noise) for _, noise in draws])
+    assert abs(noises.mean()) < 0.02 and abs(noises.std() - 1) < 0.02
+    # Every call draws anew.
+    assert not np.array_equal(noises[0], noises[1])
 
 
 def test_fit_lowers_the_loss_on_shapes():
@@ -153,3 +156,9 @@ def test_fit_on_a_dataset_does_not_warn_about_shuffle():
         warnings.simplefilter("always")
         model.fit(dataset, epochs=1, verbose=0)
     assert not [w for w in caught if "shuffle" in str(w.message)]
+
+
+def test_frames_may_be_a_numpy_array():
+    model = small_model(T=10)
+    _, frames = model.sample(1, steps=2, seed=0, frames=np.array([10, 0]))
+    assert sorted(frames) == [0, 10]

@@ -4,7 +4,7 @@ import pathlib
 import re
 
 import keras_ddpm
-from keras_ddpm import cli, data, plotting, sampling, schedule
+from keras_ddpm import callbacks, cli, data, distribute, plotting, sampling, saving, schedule
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def test_console_script_points_at_cli_main():
 
 
 def public_objects():
-    for module in (keras_ddpm, data, plotting, sampling, schedule, cli):
+    for module in (keras_ddpm, data, plotting, sampling, schedule, cli, saving, distribute, callbacks):
         names = getattr(module, "__all__", None) or [
             name for name, obj in vars(module).items()
             if not name.startswith("_") and inspect.getmodule(obj) is module
