@@ -659,7 +659,7 @@ def main(argv=None):
                              jit_compile=True)
         training.append(dict(run, xla=True))
 
-    samplers = []
+    samplers, grid = [], None
     for n in args.batches:
         T, predict_steps = args.sampler_T, args.predict_steps
         if n != args.batches[0]:  # Fewer steps at a larger batch: about the same work.
@@ -669,11 +669,11 @@ def main(argv=None):
             f"sampler (T={T})")
         samplers.append(bench_sampler(args.sampler_size, args.n_feats[0], n, T,
                                       predict_steps, args.precisions, xla and n == args.batches[0]))
-
-    n = args.batches[0]
-    log(f"grid of {n}: DDIM {args.ddim_steps} vs DDPM {args.grid_T}")
-    grid = bench_grid(args.sampler_size, args.n_feats[0], n, args.grid_T, args.ddim_steps,
-                      samplers[0]["compiled_step_s"], args.full_ddpm_limit)
+        if grid is None:  # Right after the per-step time it may extrapolate from.
+            log(f"grid of {n}: DDIM {args.ddim_steps} vs DDPM {args.grid_T}")
+            grid = bench_grid(args.sampler_size, args.n_feats[0], n, args.grid_T,
+                              args.ddim_steps, samplers[0]["compiled_step_s"],
+                              args.full_ddpm_limit)
 
     pipelines, skipped = None, "skipped: --no-pipeline"
     if args.pipeline:
