@@ -285,7 +285,12 @@ class DiffusionModel(keras.Model):
         """Replace each label by "no class" (num_classes) with prob. cond_drop_prob."""
         if self.cond_drop_prob == 0:
             return labels
-        draws = keras.random.uniform(ops.shape(labels), seed=self.seed_generator)
+        if keras.backend.backend() == "tensorflow":  # Each replica drops its own labels.
+            import tensorflow as tf
+
+            draws = tf.random.stateless_uniform(tf.shape(labels), self._replica_seed())
+        else:
+            draws = keras.random.uniform(ops.shape(labels), seed=self.seed_generator)
         return ops.where(draws < self.cond_drop_prob, self.num_classes, labels)
 
     def _training_draws(self, image_shape):
@@ -305,6 +310,22 @@ class DiffusionModel(keras.Model):
             return t, noises
         import tensorflow as tf
 
+        seed = self._replica_seed()
+        t_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        t = tf.random.stateless_uniform(
+            image_shape[:1], t_seed, minval=1, maxval=self.T + 1, dtype="int32"
+        )
+        noises = tf.random.stateless_normal(image_shape, noise_seed)
+        return t, noises
+
+    def _replica_seed(self):
+        """TensorFlow: a stateless seed of this step, different on every replica.
+
+        The seed generator's next seed (the same on every replica) folded with
+        the replica id and the optimizer's step count (see `_training_draws`).
+        """
+        import tensorflow as tf
+
         seed = self.seed_generator.next()
         replica_context = tf.distribute.get_replica_context()
         if replica_context is not None:  # None in a cross-replica context.
@@ -313,12 +334,7 @@ class DiffusionModel(keras.Model):
             )
         if getattr(self, "optimizer", None) is not None:
             seed = tf.random.experimental.stateless_fold_in(seed, self.optimizer.iterations)
-        t_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        t = tf.random.stateless_uniform(
-            image_shape[:1], t_seed, minval=1, maxval=self.T + 1, dtype="int32"
-        )
-        noises = tf.random.stateless_normal(image_shape, noise_seed)
-        return t, noises
+        return seed
 
     @staticmethod
     def _unpack(data):
