@@ -564,7 +564,9 @@ def grid_rows(samplers, grid):
     return [
         (f"Grid of {n} images: DDIM {k} steps vs compiled DDPM {T} steps",
          f"{grid['ddim_s']:.2f} s", f"{grid['ddpm_s']:.1f} s",
-         f"{grid['ddpm_s'] / grid['ddim_s']:.1f}x", verdict(grid["ddpm_s"] / grid["ddim_s"], 15),
+         f"{grid['ddpm_s'] / grid['ddim_s']:.1f}x",
+         # The target is for DDIM-50 against DDPM-1000.
+         verdict(grid["ddpm_s"] / grid["ddim_s"], 15 if (k, T) == (50, 1000) else None),
          f"DDIM measured after a warm-up call (first call {grid['ddim_first_s']:.1f} s); "
          f"DDPM {ddpm_note}"),
         (f"Grid of {n} images: DDIM {k} steps vs the lecture's `predict` loop, DDPM {T} steps",
