@@ -821,7 +821,7 @@ def _fit_resumably(model, dataset, args, chief, callbacks):
         raise CommandError(
             f"training diverged: the loss is {error.loss} at epoch {error.epoch}, step "
             f"{error.step} (lr={args.lr:g}); {str(pathlib.Path(args.out) / 'model.keras')!r} "
-            f"was not written; {resume}"
+            f"was not overwritten; {resume}"
         ) from error
     return backup.history if backup is not None else history.history
 

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 
 import keras
@@ -65,12 +64,16 @@ def resumed_run(tmp_path_factory):
         [sys.executable, "-m", "keras_ddpm.cli", *argv],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )
-    metadata = folder / "ck" / "training_metadata.json"
-    deadline = time.monotonic() + 400
-    while not metadata.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    # Kill it as soon as it prints the end of its first epoch (written to the checkpoint
+    # just before).
+    lines = []
+    while not any("loss:" in line for line in lines):
+        lines.append(process.stdout.readline())
+        if not lines[-1]:  # It ended early: the assertion below shows its output.
+            break
     process.send_signal(signal.SIGKILL)
-    killed_output = process.communicate()[0]
+    killed_output = "".join(lines) + process.communicate()[0]
+    metadata = folder / "ck" / "training_metadata.json"
     assert process.returncode == -signal.SIGKILL, killed_output  # It was still running.
     killed_after = json.loads(metadata.read_text())["epoch"]
 
@@ -115,6 +118,26 @@ def test_cli_divergence_names_epoch_and_step_and_keeps_the_last_good_files(
     assert line.startswith("keras-ddpm: error: training diverged: the loss is nan at epoch 7, step ")
     assert "lower --lr" in line and "is intact" in line
     assert [path.read_bytes() for path in files] == before
+
+
+def test_cli_checkpoint_holds_the_raw_weights_when_training_with_ema(tmp_path):
+    """The backup is written before SwapEMAWeights puts the averages in the model."""
+    argv = RESUME_ARGS + ["--epochs", "1", "--ema", "0.5", "--grid-every", "5",
+                          "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    final = saving.load_model(tmp_path / "out" / "model.keras")  # EMA weights, as fit ends.
+    checkpoint = saving.load_model(tmp_path / "out" / "model.keras")
+    checkpoint.load_weights(tmp_path / "ck" / "latest.weights.h5")
+    averages = [v for v in checkpoint.optimizer.variables if "average" in v.path]
+    weights = checkpoint.network.trainable_variables
+    assert len(averages) == len(weights)
+    for average, final_weight in zip(averages, final.network.trainable_variables):
+        # Keras' SwapEMAWeights swaps by sums and differences: equal to rounding.
+        np.testing.assert_allclose(as_numpy([average])[0], as_numpy([final_weight])[0],
+                                   rtol=1e-6, atol=1e-7)
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(as_numpy(weights), as_numpy(final.network.trainable_variables)))
 
 
 def test_backup_restores_weights_optimizer_ema_epoch_and_history(tmp_path):
@@ -385,13 +408,18 @@ def test_checkpoint_dir_that_is_a_file_is_a_clear_error(tmp_path, capsys):
 def test_sample_in_chunks_never_runs_more_than_batch_size_images():
     model = small_model()
     seen = []
-    segment = model._segment_function()
+    make_segment = model._segment_function
 
-    def recording_segment(x, *args):
-        seen.append(int(x.shape[0]))
-        return segment(x, *args)
+    def recording_segment_function(*args, **kwargs):
+        segment = make_segment(*args, **kwargs)
 
-    model._segment_function = lambda: recording_segment
+        def recording_segment(x, *segment_args):
+            seen.append(int(x.shape[0]))  # The images the compiled loop holds.
+            return segment(x, *segment_args)
+
+        return recording_segment
+
+    model._segment_function = recording_segment_function
     images = model.sample(4, steps=3, seed=4, batch_size=2)
     assert images.shape == (4,) + SHAPE
     assert seen == [2, 2]  # One compiled segment per chunk of 2 images.
