@@ -72,6 +72,19 @@ FLOAT32, BFLOAT16 = "float32", "mixed_bfloat16"
 
 
 # --------------------------------------------------------------------- options
+# The GPU measurement: sizes, widths and batches of real training runs.
+GPU_SETTINGS = dict(
+    sizes=[32, 64], n_feats=[64, 128], train_batches=[64, 256], train_steps=20,
+    warmup_steps=2, sampler_T=200, predict_steps=50, matmul_size=8192, matmul_repeats=20,
+)
+# A smoke test: every code path on a tiny network.
+QUICK_SETTINGS = dict(
+    sizes=[32], n_feats=[16], train_batches=[8], train_steps=3, warmup_steps=1, batches=[4],
+    predict_steps=4, sampler_T=10, ddim_steps=10, grid_T=100, matmul_size=256,
+    matmul_repeats=3, xla=False,
+)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -116,19 +129,13 @@ def parse_args(argv=None):
     parser.add_argument("--matmul-repeats", type=int, default=20)
     parser.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True,
                         help="time the input pipeline (needs TensorFlow)")
+    # --gpu and --quick change the defaults; options given explicitly still win.
+    known, _ = parser.parse_known_args(argv)
+    if known.gpu:
+        parser.set_defaults(**GPU_SETTINGS)
+    if known.quick:
+        parser.set_defaults(**QUICK_SETTINGS)
     args = parser.parse_args(argv)
-    if args.gpu:
-        args.sizes, args.n_feats, args.train_batches = [32, 64], [64, 128], [64, 256]
-        args.train_steps, args.warmup_steps = 20, 2
-        args.sampler_T, args.predict_steps = 200, 50
-        args.matmul_size, args.matmul_repeats = 8192, 20
-    if args.quick:
-        args.sizes, args.n_feats, args.train_batches = [32], [16], [8]
-        args.train_steps, args.warmup_steps = 3, 1
-        args.batches, args.predict_steps, args.sampler_T = [4], 4, 10
-        args.ddim_steps, args.grid_T = 10, 100
-        args.matmul_size, args.matmul_repeats = 256, 3
-        args.xla = False
     return args
 
 
@@ -564,7 +571,9 @@ def grid_rows(samplers, grid):
     return [
         (f"Grid of {n} images: DDIM {k} steps vs compiled DDPM {T} steps",
          f"{grid['ddim_s']:.2f} s", f"{grid['ddpm_s']:.1f} s",
-         f"{grid['ddpm_s'] / grid['ddim_s']:.1f}x", verdict(grid["ddpm_s"] / grid["ddim_s"], 15),
+         f"{grid['ddpm_s'] / grid['ddim_s']:.1f}x",
+         # The target is for DDIM-50 against DDPM-1000.
+         verdict(grid["ddpm_s"] / grid["ddim_s"], 15 if (k, T) == (50, 1000) else None),
          f"DDIM measured after a warm-up call (first call {grid['ddim_first_s']:.1f} s); "
          f"DDPM {ddpm_note}"),
         (f"Grid of {n} images: DDIM {k} steps vs the lecture's `predict` loop, DDPM {T} steps",
