@@ -49,6 +49,7 @@ sys.path.insert(0, BENCH_DIR)
 from bench_core import (  # noqa: E402
     bench_training,
     busy_cpu_seconds,
+    finish_info,
     header_lines,
     log,
     machine_info,
@@ -226,13 +227,7 @@ def main(argv=None):
                                         args.warmup_steps)
         training[size]["steps"] = steps
 
-    info["seconds"] = time.perf_counter() - start
-    cpu_end = busy_cpu_seconds()
-    info["others_cpu"] = (
-        None if cpu_start is None or cpu_end is None
-        else (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1])
-    )
-    info["load_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    finish_info(info, start, cpu_start)
     log(f"done in {info['seconds']:.0f} s")
     report(info, args, pipelines, training)
 

@@ -637,7 +637,7 @@ class DiffusionModel(keras.Model):
         """
         _check_count("n", n)
         plan = self._plan(steps, eta, sampler, clip_x0, frames, verbose, labels, guidance_scale)
-        conditions = self._conditions(n, labels, guidance_scale)
+        conditions = self._conditions(n, labels, plan.guidance_scale)
         return self._generate(n, plan, conditions, seed, batch_size, frames is not None)
 
     def inpaint(
@@ -697,7 +697,7 @@ class DiffusionModel(keras.Model):
             steps, eta, sampler, clip_x0, None, verbose, labels, guidance_scale,
             inpainting=True, resample=int(resample),
         )
-        conditions = self._conditions(n, labels, guidance_scale)
+        conditions = self._conditions(n, labels, plan.guidance_scale)
         conditions["known"], conditions["mask"] = images, mask
         completed = self._generate(n, plan, conditions, seed, batch_size, False)
         # The known pixels are the input's, bit for bit.
@@ -740,6 +740,7 @@ class DiffusionModel(keras.Model):
             frame_times=frame_times,
             eta=float(eta),
             verbose=bool(verbose),
+            guidance_scale=scale,
             options=(
                 sampler,
                 bool(clip_x0),
@@ -765,13 +766,12 @@ class DiffusionModel(keras.Model):
             guidance_scale = DEFAULT_GUIDANCE_SCALE
         return guidance_scale
 
-    def _conditions(self, n, labels, guidance_scale):
-        """Per-image labels `(n,)` and the guidance scale, checked, as arrays."""
+    def _conditions(self, n, labels, scale):
+        """Per-image labels `(n,)` (checked) and the plan's guidance scale, as arrays."""
         if labels is None:
             label_array = np.full((n,), self.num_classes or 0, np.int32)
         else:
             label_array = self._check_labels(labels, n)
-        scale = self._guidance_scale(labels, guidance_scale)
         if scale == 0.0:  # Unconditional: the "no class" id for all.
             label_array = np.full((n,), self.num_classes, np.int32)
         return {
@@ -915,6 +915,7 @@ class _SamplingPlan:
     frame_times: list  # Requested frame timesteps, descending.
     eta: float
     verbose: bool
+    guidance_scale: float  # None without labels; see `_guidance_scale`.
     # (sampler, clip_x0, variance, guided, inpainting, resample): fixed at trace time.
     options: tuple
 
