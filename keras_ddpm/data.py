@@ -294,6 +294,12 @@ def _check_connection(host, timeout=CONNECTION_TIMEOUT):
         pass
 
 
+def _download_is_mocked(tfds):
+    """True inside `tfds.testing.mock_data`, which replaces TFDS' download with a no-op."""
+    method = tfds.core.DatasetBuilder.download_and_prepare
+    return getattr(method, "__module__", "").startswith("tensorflow_datasets.testing")
+
+
 def _remove_new_paths(paths_before, candidates):
     """Removes each path of `candidates` that exists now but not in `paths_before`."""
     for path in candidates:
@@ -321,6 +327,10 @@ def _prepare_tfds(tfds_name, download_host, data_dir, download):
         raise DatasetNotFoundError(
             f"{where}, and download=False. {_manual_download_hint(tfds_name, data_root)}"
         )
+    if _download_is_mocked(tfds):
+        # `tfds.testing.mock_data`: nothing is downloaded, so no connection is needed.
+        builder.download_and_prepare()
+        return builder
     try:
         _check_connection(download_host)
     except OSError as error:
@@ -476,7 +486,7 @@ def _image_folder_files(folder):
     Images lie either directly in `folder` (one class, named after the folder) or in
     one sub-folder per class (classes are the sorted sub-folder names; images directly
     in `folder` are then ignored). Files that Pillow cannot verify as JPEG or PNG are
-    left out with one warning that counts them.
+    left out with one warning that counts them (each file is decoded once to know).
 
     Returns:
         `(paths, labels, class_names)`: sorted list of str, list of int, tuple of str.
@@ -510,7 +520,9 @@ def _image_folder_files(folder):
         try:
             with Image.open(path) as image:
                 image_format = image.format
-                image.verify()
+                # Decode it all (at reduced size for JPEG): `verify()` passes truncated files.
+                image.draft("RGB", (image.width // 8 + 1, image.height // 8 + 1))
+                image.load()
         except Exception:  # Pillow raises many kinds for broken files
             num_skipped += 1
             continue
@@ -553,9 +565,11 @@ def _load_image_folder(folder, image_size, classes, num_examples):
         lambda path, label: (_decode_image_file(path, image_size), label),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    # A safety net: a file that Pillow verified but TensorFlow cannot decode (e.g. a
-    # truncated JPEG) is dropped instead of stopping training mid-epoch.
-    return dataset.ignore_errors()
+    # Every file was decoded once by Pillow; one that TensorFlow still cannot decode is
+    # dropped, and the known count then fails the epoch with a clear error instead of
+    # training on fewer images unnoticed. The known count also tells Keras the epoch's
+    # length (no false "ran out of data" warning).
+    return dataset.ignore_errors().apply(tf.data.experimental.assert_cardinality(len(paths)))
 
 
 def _is_image_folder(name):

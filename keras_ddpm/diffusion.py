@@ -27,6 +27,9 @@ PREDICTIONS = ("epsilon", "v", "x0")
 # eps = eps(no class) + w * (eps(class) - eps(no class)).
 DEFAULT_GUIDANCE_SCALE = 2.0
 
+# Seeds are 0..MAX_SEED (TensorFlow's stateless seeds are int32).
+MAX_SEED = 2**31 - 2
+
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
 class DiffusionModel(keras.Model):
@@ -114,6 +117,11 @@ class DiffusionModel(keras.Model):
                 f"prediction must be one of {PREDICTIONS}, got {prediction!r}."
             )
         _check_conditioning(network, num_classes, cond_drop_prob)
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+            or not 0 <= seed <= MAX_SEED
+        ):
+            raise ValueError(f"seed must be None or an integer in 0..{MAX_SEED}, got {seed!r}.")
         self.network = network
         self.beta1 = float(beta1)
         self.beta2 = float(beta2)
@@ -128,6 +136,8 @@ class DiffusionModel(keras.Model):
         # Derived from the scalars once; the config stores only the scalars.
         self._tables = tables
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # The fixed seed of the training draws, folded with the step count.
+        self._step_seed = [int(seed if seed is not None else np.random.randint(2**31 - 1)), 1]
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._reverse_segments = {}  # Compiled sampling loops, by static options.
         # The network is built; fit never calls this model, so say so here or
@@ -228,12 +238,15 @@ class DiffusionModel(keras.Model):
         """
         self._check_images(images)
         images = ops.cast(images, "float32")
-        t, noises = self._training_draws(ops.shape(images))
+        # Training draws follow the optimizer's step count, so a resumed run
+        # draws exactly what an uninterrupted one would have.
+        step = self.optimizer.iterations if training and getattr(self, "optimizer", None) else None
+        t, noises = self._training_draws(ops.shape(images), step)
         noisy_images = self.q_sample(images, t, noises)
         if self.num_classes is None:
             labels = None
         else:
-            labels = self._drop_labels(self._check_training_labels(labels))
+            labels = self._drop_labels(self._check_training_labels(labels), step)
         outputs = ops.cast(self.network_output(noisy_images, t, labels, training), "float32")
         return ops.mean(ops.square(self.prediction_target(images, noises, t) - outputs))
 
@@ -281,26 +294,28 @@ class DiffusionModel(keras.Model):
                 labels = tf.identity(labels)
         return labels
 
-    def _drop_labels(self, labels):
+    def _drop_labels(self, labels, step=None):
         """Replace each label by "no class" (num_classes) with prob. cond_drop_prob."""
         if self.cond_drop_prob == 0:
             return labels
         if keras.backend.backend() == "tensorflow":  # Each replica drops its own labels.
             import tensorflow as tf
 
-            draws = tf.random.stateless_uniform(tf.shape(labels), self._replica_seed())
+            seed = tf.random.experimental.stateless_fold_in(self._replica_seed(step), 7)
+            draws = tf.random.stateless_uniform(tf.shape(labels), seed)
         else:
             draws = keras.random.uniform(ops.shape(labels), seed=self.seed_generator)
         return ops.where(draws < self.cond_drop_prob, self.num_classes, labels)
 
-    def _training_draws(self, image_shape):
+    def _training_draws(self, image_shape, step=None):
         """Timesteps t ~ U{1..T} `(batch,)` and noise eps ~ N(0, I) for a batch.
 
-        On TensorFlow the draws are stateless: the seed generator's next seed
-        (the same on every replica) is folded with the replica's id in its
-        `tf.distribute` strategy, so each replica draws its own t and eps, and
-        with the optimizer's step count, so a run resumed from a checkpoint
-        (the generator restarts) does not repeat its first steps' draws.
+        On TensorFlow the draws are stateless: a seed (the same on every
+        replica) is folded with the replica's id in its `tf.distribute`
+        strategy, so each replica draws its own t and eps. In training (`step`,
+        the optimizer's step count, given) that seed is the model's seed folded
+        with `step`, so the draws of step k are the same whether or not the run
+        was resumed from a checkpoint; otherwise the seed generator's next seed.
         """
         if keras.backend.backend() != "tensorflow":
             t = keras.random.randint(
@@ -310,7 +325,7 @@ class DiffusionModel(keras.Model):
             return t, noises
         import tensorflow as tf
 
-        seed = self._replica_seed()
+        seed = self._replica_seed(step)
         t_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         t = tf.random.stateless_uniform(
             image_shape[:1], t_seed, minval=1, maxval=self.T + 1, dtype="int32"
@@ -318,22 +333,25 @@ class DiffusionModel(keras.Model):
         noises = tf.random.stateless_normal(image_shape, noise_seed)
         return t, noises
 
-    def _replica_seed(self):
+    def _replica_seed(self, step=None):
         """TensorFlow: a stateless seed of this step, different on every replica.
 
-        The seed generator's next seed (the same on every replica) folded with
-        the replica id and the optimizer's step count (see `_training_draws`).
+        The model's fixed seed folded with `step` (training), or the seed
+        generator's next seed; then folded with the replica id.
         """
         import tensorflow as tf
 
-        seed = self.seed_generator.next()
+        if step is None:
+            seed = self.seed_generator.next()
+        else:
+            seed = tf.random.experimental.stateless_fold_in(
+                tf.constant(self._step_seed, "int32"), tf.cast(step, "int64")
+            )
         replica_context = tf.distribute.get_replica_context()
         if replica_context is not None:  # None in a cross-replica context.
             seed = tf.random.experimental.stateless_fold_in(
                 seed, replica_context.replica_id_in_sync_group
             )
-        if getattr(self, "optimizer", None) is not None:
-            seed = tf.random.experimental.stateless_fold_in(seed, self.optimizer.iterations)
         return seed
 
     @staticmethod
