@@ -697,6 +697,7 @@ def load_dataset(
     shuffle=True,
     seed=None,
     num_examples=None,
+    first_epoch=None,
 ):
     """Loads a dataset as batches of float32 images in model space [-1, 1].
 
@@ -736,6 +737,13 @@ def load_dataset(
         num_examples: int or None. For "shapes": examples to generate, before class
             filtering (default 8192 train, 1024 test). Otherwise: keep only the first
             `num_examples` after class filtering (default all), for quick runs.
+        first_epoch: None, or int >= 0. None: a finite dataset, reshuffled on every
+            pass. An int: an endless stream of epochs `first_epoch`, `first_epoch + 1`,
+            ..., each shuffled by `(seed, epoch)` alone and batched on its own, whose
+            `steps_per_epoch` attribute is the number of batches of one epoch; train
+            with `fit(stream, steps_per_epoch=stream.steps_per_epoch)`. A run resumed
+            after k epochs with `first_epoch=k` then sees exactly the batches of an
+            uninterrupted run, whatever iterators Keras makes.
 
     Returns:
         A `tf.data.Dataset` of float32 image batches (B, H, W, C), or of
@@ -768,6 +776,10 @@ def load_dataset(
         )
     elif num_examples <= 0:
         raise ValueError(f"num_examples must be positive, got {num_examples}.")
+    if first_epoch is not None and (
+        isinstance(first_epoch, bool) or not isinstance(first_epoch, int) or first_epoch < 0
+    ):
+        raise ValueError(f"first_epoch must be None or an integer >= 0, got {first_epoch!r}.")
 
     if is_folder:
         dataset = _load_image_folder(os.fspath(name), size, classes, num_examples).cache()
@@ -776,10 +788,18 @@ def load_dataset(
         dataset = info.builder(split, size, class_ids, num_examples, data_dir, download)
         if info.cache:
             dataset = dataset.cache()
+    if first_epoch is not None:
+        return _epoch_stream(dataset, batch_size, with_labels, shuffle, seed, first_epoch)
     if shuffle:
         dataset = dataset.shuffle(
             SHUFFLE_BUFFER_SIZE, seed=seed, reshuffle_each_iteration=True
         )
+    dataset = _to_model_range_batches(dataset, batch_size, with_labels)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _to_model_range_batches(dataset, batch_size, with_labels):
+    """(uint8 image, label) examples -> batches of [-1, 1] images (with labels if asked)."""
     if with_labels:
         dataset = dataset.map(
             lambda image, label: (to_model_range(image), label),
@@ -789,5 +809,33 @@ def load_dataset(
         dataset = dataset.map(
             lambda image, label: to_model_range(image), num_parallel_calls=tf.data.AUTOTUNE
         )
-    dataset = dataset.batch(batch_size, drop_remainder=False)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=False)
+
+
+def _epoch_stream(examples, batch_size, with_labels, shuffle, seed, first_epoch):
+    """Endless batches of epochs first_epoch, first_epoch + 1, ...; see `load_dataset`."""
+    count = int(examples.cardinality())
+    if count < 0:  # Unknown after filtering: one pass counts (and fills the cache).
+        count = int(examples.reduce(0, lambda total, _: total + 1))
+    if count == 0:
+        raise ValueError("The dataset holds no images (after class filtering): nothing to train on.")
+    base_seed = 0 if seed is None else int(seed)
+
+    def epoch_batches(epoch):
+        # The order of an epoch is a stateless function of (seed, epoch) alone, not of
+        # any iterator: the whole (cached) epoch is permuted in one step.
+        epoch_examples = examples
+        if shuffle:
+            order_seed = tf.stack([tf.constant(base_seed, tf.int64), epoch])
+
+            def permute(images, labels):
+                order = tf.random.experimental.stateless_shuffle(tf.range(count), order_seed)
+                return tf.gather(images, order), tf.gather(labels, order)
+
+            epoch_examples = examples.batch(count).map(permute).unbatch()
+        return _to_model_range_batches(epoch_examples, batch_size, with_labels)
+
+    stream = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches)
+    stream = stream.prefetch(tf.data.AUTOTUNE)
+    stream.steps_per_epoch = -(-count // batch_size)
+    return stream

@@ -12,6 +12,7 @@ References:
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import keras
@@ -371,6 +372,7 @@ class DiffusionModel(keras.Model):
         """
         if type(x).__module__.startswith("tensorflow") and len(args) < 7:
             kwargs.setdefault("shuffle", False)
+        _warn_if_not_model_range(_first_images(x))
         return super().fit(x, *args, **kwargs)
 
     def train_step(self, *args):
@@ -908,6 +910,36 @@ class DiffusionModel(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
+
+
+def _first_images(x):
+    """The images of the first batch of `fit`'s `x` (array or tf.data), or None."""
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.startswith("tensorflow") and hasattr(x, "take"):
+        for batch in x.take(1):
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            return np.asarray(images)
+    return None
+
+
+def _warn_if_not_model_range(images):
+    """Warns when training images are not in [-1, 1], the range the model assumes."""
+    if images is None or images.size == 0 or not np.issubdtype(images.dtype, np.number):
+        return
+    low, high = float(np.min(images)), float(np.max(images))
+    if low < -1.001 or high > 1.001:
+        fix = "divide uint8 images by 127.5 and subtract 1" if high > 2 else "rescale them"
+        message = f"lie in [{low:g}, {high:g}], outside [-1, 1]: {fix}"
+    elif low >= 0 and high <= 1 and images.dtype.kind == "f" and high > 0:
+        message = f"lie in [{low:g}, {high:g}], which looks like [0, 1]: use images * 2 - 1"
+    else:
+        return
+    warnings.warn(
+        f"The first training batch's images {message} (keras_ddpm.data.to_model_range "
+        "converts uint8). DiffusionModel assumes images in [-1, 1].",
+        stacklevel=3,
+    )
 
 
 def _check_known_values(values, low, high, what, fix):

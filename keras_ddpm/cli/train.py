@@ -351,6 +351,7 @@ def _train(args, out_dir, checkpoint_dir):
         )
         jit_compile = "auto" if args.jit_compile is None else args.jit_compile
         model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    backup = _backup(args, chief)
     dataset = data.load_dataset(
         args.dataset,
         batch_size=args.batch_size,
@@ -360,6 +361,8 @@ def _train(args, out_dir, checkpoint_dir):
         data_dir=args.data_dir,
         seed=args.seed,
         num_examples=args.num_examples,
+        # Epoch k's batches depend on (seed, k) alone: a resumed run sees the same.
+        first_epoch=backup.completed_epochs if backup is not None else 0,
     )
     print(_summary(args, model, image_shape, strategy), flush=True)
     with contextlib.ExitStack() as locks:
@@ -370,7 +373,7 @@ def _train(args, out_dir, checkpoint_dir):
                 locks.enter_context(_exclusive_lock(folder, option))
         # Sample grids and TensorBoard logs come from the chief alone.
         callbacks = _train_callbacks(args, model, out_dir) if chief else []
-        history = _fit_resumably(model, dataset, args, chief, callbacks)
+        history = _fit_resumably(model, dataset, args, backup, callbacks)
         if not chief:
             print(f"Worker {distribute.worker_id()} done; the chief writes the outputs.")
             return {}
@@ -552,36 +555,45 @@ def _train_callbacks(args, model, out_dir):
     return callbacks
 
 
-def _fit_resumably(model, dataset, args, chief, callbacks):
-    """`model.fit` that stops on a NaN loss and, with --checkpoint-dir, resumes.
+def _backup(args, chief):
+    """The `BackupAndRestore` of --checkpoint-dir (None without it); says when it resumes."""
+    from keras_ddpm import distribute
+    from keras_ddpm.callbacks import BackupAndRestore
+
+    if args.checkpoint_dir is None:
+        return None
+    # Every worker of a cluster keeps its own copy (the chief's in DIR itself).
+    backup_dir = pathlib.Path(args.checkpoint_dir)
+    if not chief:
+        backup_dir = backup_dir / distribute.worker_id()
+    backup = BackupAndRestore(backup_dir, delete_checkpoint=False)
+    if backup.completed_epochs:
+        print(
+            f"Resuming from the checkpoint in {backup_dir}: {backup.completed_epochs} of "
+            f"{args.epochs} epoch(s) done.",
+            flush=True,
+        )
+    return backup
+
+
+def _fit_resumably(model, dataset, args, backup, callbacks):
+    """`model.fit` that stops on a NaN loss and, with a `backup`, resumes.
 
     `callbacks` come after the divergence check and the backup, so the backup
     is written before `SwapEMAWeights` puts the averaged weights in the model.
     Returns the loss history of every epoch, those of an interrupted earlier
     run included.
     """
-    from keras_ddpm import distribute
-    from keras_ddpm.callbacks import BackupAndRestore, StopOnDivergence, TrainingDivergedError
+    from keras_ddpm.callbacks import StopOnDivergence, TrainingDivergedError
 
     # Stop at a NaN loss before anything is saved; then back up each completed epoch.
-    first = [StopOnDivergence()]
-    backup = None
-    if args.checkpoint_dir is not None:
-        # Every worker of a cluster keeps its own copy (the chief's in DIR itself).
-        backup_dir = pathlib.Path(args.checkpoint_dir)
-        if not chief:
-            backup_dir = backup_dir / distribute.worker_id()
-        backup = BackupAndRestore(backup_dir, delete_checkpoint=False)
-        if backup.completed_epochs:
-            print(
-                f"Resuming from the checkpoint in {backup_dir}: {backup.completed_epochs} of "
-                f"{args.epochs} epoch(s) done.",
-                flush=True,
-            )
-        first.append(backup)
+    first = [StopOnDivergence()] + ([backup] if backup is not None else [])
     try:
         # The dataset is already shuffled each epoch; fit warns if asked to shuffle it.
-        history = model.fit(dataset, epochs=args.epochs, verbose=2, callbacks=first + callbacks)
+        history = model.fit(
+            dataset, epochs=args.epochs, steps_per_epoch=dataset.steps_per_epoch, verbose=2,
+            callbacks=first + callbacks,
+        )
     except TrainingDivergedError as error:
         resume = (
             f"the checkpoint in {args.checkpoint_dir} (after the last completed epoch) is "
