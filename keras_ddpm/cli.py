@@ -32,6 +32,11 @@ import os
 import pathlib
 import sys
 
+# keras_ddpm.sampling.SAMPLERS and SPACINGS, written out so that --help does not
+# import TensorFlow (tests/test_generation.py pins them to the library's).
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpm++", "dpm++2m", "dpm++3m", "heun", "euler")
+SPACING_CHOICES = ("linspace", "leading", "trailing", "logsnr", "karras")
+
 PROG = "keras-ddpm"
 
 # The exit status of every error: the one argparse uses for bad arguments.
@@ -496,6 +501,20 @@ def build_parser():
         default=None,
         help=JIT_COMPILE_HELP,
     )
+    sample.add_argument(
+        "--sampler",
+        choices=SAMPLER_CHOICES,
+        default=None,
+        help="reverse sampler: ddpm (all T steps), ddim, dpm++ (DPM-Solver++ 2M), dpm++3m, "
+        "heun or euler (Karras noise levels) (default: ddpm for T steps, ddim for fewer)",
+    )
+    sample.add_argument(
+        "--spacing",
+        choices=SPACING_CHOICES,
+        default=None,
+        help="timestep spacing of the strided samplers (default: the sampler's own: "
+        "trailing for ddim, logsnr for dpm++, karras for heun and euler)",
+    )
     _add_conditioning_arguments(sample)
     sample.set_defaults(handler=sample_command)
 
@@ -878,6 +897,8 @@ def sample_command(args):
         batch_size=args.batch_size,
         labels=_sampling_labels(model, args.labels, args.n),
         guidance_scale=args.guidance_scale,
+        sampler=args.sampler,
+        spacing=args.spacing,
     )
     images, frames = result if args.frames is not None else (result, None)
     paths = {"samples": plotting.save_image_grid(images, out_path)}
