@@ -57,9 +57,9 @@ def noise_seed(seed, chunk, num_steps, step=-1, draw=0):
         An int32 tensor of shape (2,).
 
     Example:
-    >>> noise_seed(7, chunk=1, num_steps=10).tolist()
+    >>> keras.ops.convert_to_numpy(noise_seed(7, chunk=1, num_steps=10)).tolist()
     [7, 11]
-    >>> noise_seed(7, chunk=1, num_steps=10, step=0, draw=1).tolist()
+    >>> keras.ops.convert_to_numpy(noise_seed(7, 1, 10, step=0, draw=1)).tolist()
     [8, 12]
     """
     seed, chunk, num_steps, step, draw = (
@@ -261,7 +261,7 @@ class ReverseProcess:
     >>> from keras_ddpm.sampling import DPMSolverSampler
     >>> process = ReverseProcess(lambda x_t, t: 0 * x_t, (2, 2, 1), ddpm_schedule(T=50))
     >>> sampler = DPMSolverSampler(order=2, clip_x0=False)
-    >>> process.run(1, sampler, make_plan(sampler, process.schedule, 10), seed=0).shape
+    >>> tuple(process.run(1, sampler, make_plan(sampler, process.schedule, 10), seed=0).shape)
     (1, 2, 2, 1)
     """
 

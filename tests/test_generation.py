@@ -164,3 +164,13 @@ def test_cli_choices_are_the_library_constants():
         ["sample", "m.keras", "--sampler", "dpm++", "--spacing", "logsnr"]
     )
     assert (args.sampler, args.spacing) == ("dpm++", "logsnr")
+
+
+@pytest.mark.parametrize("module", [sampling, generation], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    """The examples of the sampling modules, executed (set-up: keras, np, ddpm_schedule)."""
+    import doctest
+
+    globs = dict(vars(module), keras=keras, np=np, ddpm_schedule=ddpm_schedule)
+    result = doctest.testmod(module, globs=globs, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 10 and result.failed == 0
