@@ -4,7 +4,7 @@ import pytest
 import keras
 from keras import ops
 
-from keras_ddpm import DiffusionModel, cli, ddpm_schedule, generation, plotting, sampling
+from keras_ddpm import DiffusionModel, ddpm_schedule, generation, plotting, sampling
 
 SHAPE = (8, 8, 1)
 K = 3  # Classes of the conditional analytic network; K is "no class".
@@ -158,12 +158,17 @@ def test_non_finite_samples_are_an_error():
 
 
 def test_cli_choices_are_the_library_constants():
-    assert cli.SAMPLER_CHOICES == sampling.SAMPLERS
-    assert cli.SPACING_CHOICES == sampling.SPACINGS
-    args = cli.build_parser().parse_args(
-        ["sample", "m.keras", "--sampler", "dpm++", "--spacing", "logsnr"]
-    )
-    assert (args.sampler, args.spacing) == ("dpm++", "logsnr")
+    import argparse
+
+    from keras_ddpm.cli import sampling_options
+
+    assert sampling_options.SAMPLER_CHOICES == sampling.SAMPLERS
+    assert sampling_options.SPACING_CHOICES == sampling.SPACINGS
+    parser = argparse.ArgumentParser()
+    sampling_options.add_sampling_arguments(parser)
+    args = parser.parse_args(["--sampler", "dpm++", "--spacing", "logsnr"])
+    kwargs = sampling_options.sampling_kwargs(args)
+    assert (kwargs["sampler"], kwargs["spacing"]) == ("dpm++", "logsnr")
 
 
 @pytest.mark.parametrize("module", [sampling, generation], ids=lambda m: m.__name__)
