@@ -160,10 +160,11 @@ def test_non_finite_samples_are_an_error():
 def test_cli_choices_are_the_library_constants():
     import argparse
 
-    from keras_ddpm.cli import sampling_options
+    from keras_ddpm.cli import common, sampling_options
 
     assert sampling_options.SAMPLER_CHOICES == sampling.SAMPLERS
     assert sampling_options.SPACING_CHOICES == sampling.SPACINGS
+    assert common.MAX_SEED == generation.MAX_SEED
     parser = argparse.ArgumentParser()
     sampling_options.add_sampling_arguments(parser)
     args = parser.parse_args(["--sampler", "dpm++", "--spacing", "logsnr"])
