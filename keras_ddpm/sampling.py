@@ -439,6 +439,11 @@ class Sampler:
     step (`initial_state` gives the first).
 
     Subclasses set `name`, `stochastic` and `default_spacing`.
+
+    Example:
+    >>> sampler = DDIMSampler(eta=0.0)
+    >>> isinstance(sampler, Sampler), sampler.name, sampler.default_spacing
+    (True, 'ddim', 'trailing')
     """
 
     name = None
