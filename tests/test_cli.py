@@ -68,6 +68,8 @@ SAMPLE_OPTIONS = (
     "--no-jit-compile",
     "--labels",
     "--guidance-scale",
+    "--sampler",
+    "--spacing",
     "--verbose",
 )
 EVALUATE_OPTIONS = (
@@ -86,6 +88,8 @@ EVALUATE_OPTIONS = (
     "--eta",
     "--jit-compile",
     "--no-jit-compile",
+    "--sampler",
+    "--spacing",
     "--verbose",
     "--out",
 )

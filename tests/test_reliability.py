@@ -405,21 +405,23 @@ def test_checkpoint_dir_that_is_a_file_is_a_clear_error(tmp_path, capsys):
 # --- memory ------------------------------------------------------------------------------
 
 
-def test_sample_in_chunks_never_runs_more_than_batch_size_images():
+def test_sample_in_chunks_never_runs_more_than_batch_size_images(monkeypatch):
+    from keras_ddpm.generation import ReverseProcess
+
     model = small_model()
     seen = []
-    make_segment = model._segment_function
+    make_loop = ReverseProcess.loop
 
-    def recording_segment_function(*args, **kwargs):
-        segment = make_segment(*args, **kwargs)
+    def recording_loop(self, *args, **kwargs):
+        loop = make_loop(self, *args, **kwargs)
 
-        def recording_segment(x, *segment_args):
+        def recording(x, *loop_args):
             seen.append(int(x.shape[0]))  # The images the compiled loop holds.
-            return segment(x, *segment_args)
+            return loop(x, *loop_args)
 
-        return recording_segment
+        return recording
 
-    model._segment_function = recording_segment_function
+    monkeypatch.setattr(ReverseProcess, "loop", recording_loop)
     images = model.sample(4, steps=3, seed=4, batch_size=2)
     assert images.shape == (4,) + SHAPE
     assert seen == [2, 2]  # One compiled segment per chunk of 2 images.

@@ -14,9 +14,14 @@ from keras_ddpm.cli import common
 # Images per sampling chunk in the command line: bounded memory for any --n.
 DEFAULT_BATCH_SIZE = 256
 
+# keras_ddpm.sampling.SAMPLERS and SPACINGS, written out so that --help does not
+# import TensorFlow (tests/test_generation.py pins them to the library's).
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpm++", "dpm++2m", "dpm++3m", "heun", "euler")
+SPACING_CHOICES = ("linspace", "leading", "trailing", "logsnr", "karras")
+
 
 def add_sampling_arguments(parser, labels=True):
-    """Adds --steps, --eta, --seed, --batch-size, --clip-x0, --jit-compile (and labels).
+    """Adds --steps, --eta, --seed, --batch-size, --clip-x0, --jit-compile, --sampler, --spacing (and labels).
 
     Args:
         parser: `argparse.ArgumentParser` of a subcommand.
@@ -71,6 +76,20 @@ def add_sampling_arguments(parser, labels=True):
         default=None,
         help=common.JIT_COMPILE_HELP,
     )
+    group.add_argument(
+        "--sampler",
+        choices=SAMPLER_CHOICES,
+        default=None,
+        help="reverse sampler: ddpm (all T steps), ddim, dpm++ (DPM-Solver++ 2M), dpm++3m, "
+        "heun or euler (Karras noise levels) (default: ddpm for T steps, ddim for fewer)",
+    )
+    group.add_argument(
+        "--spacing",
+        choices=SPACING_CHOICES,
+        default=None,
+        help="timestep spacing of the strided samplers (default: the sampler's own: "
+        "trailing for ddim, logsnr for dpm++, karras for heun and euler)",
+    )
     if labels:
         group.add_argument(
             "--labels",
@@ -106,6 +125,8 @@ def sampling_kwargs(args):
         "clip_x0": args.clip_x0,
         "batch_size": args.batch_size,
         "guidance_scale": args.guidance_scale,
+        "sampler": args.sampler,
+        "spacing": args.spacing,
     }
 
 
