@@ -173,6 +173,19 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         """
         return int(self._read_metadata().get("epoch", 0))
 
+    @property
+    def weights_path(self):
+        """The weights file of the last committed checkpoint (None without one).
+
+        Example:
+        >>> BackupAndRestore("runs/checkpoints").weights_path is None
+        True
+        """
+        metadata = self._read_metadata()
+        if not metadata:
+            return None
+        return os.path.join(self.backup_dir, metadata.get("weights", "latest.weights.h5"))
+
     def _read_metadata(self):
         if not os.path.exists(self._training_metadata_path):
             return {}
