@@ -211,11 +211,11 @@ class DiffusionModel(keras.Model):
                 "with the data's image shape, or resize the data."
             )
 
-    def diffusion_loss(self, images, labels=None, training=False):
+    def diffusion_loss(self, images, labels=None, training=False, draws=None):
         """The lecture's loss on a batch of clean images: MSE(eps, eps_theta).
 
         Draws t uniformly in 1..T and eps ~ N(0, I) for every image
-        (`_training_draws`), noises the images with `q_sample` and compares
+        (`training_draws`), noises the images with `q_sample` and compares
         the network's prediction with its target: eps (the lecture's), v or
         x0 as `prediction` says. A conditional model replaces each label by
         "no class" with probability `cond_drop_prob`.
@@ -226,6 +226,8 @@ class DiffusionModel(keras.Model):
                 0..num_classes-1 (required by conditional models, ignored by
                 unconditional ones).
             training: bool. Passed to the network.
+            draws: `(t, noises)` or None. The timesteps and noise to use
+                instead of the model's own draws (e.g. to check the loss).
 
         Returns:
             A float32 scalar.
@@ -238,7 +240,7 @@ class DiffusionModel(keras.Model):
         # Training draws follow the optimizer's step count, so a resumed run
         # draws exactly what an uninterrupted one would have.
         step = self.optimizer.iterations if training and getattr(self, "optimizer", None) else None
-        t, noises = self._training_draws(ops.shape(images), step)
+        t, noises = draws if draws is not None else self.training_draws(ops.shape(images), step)
         noisy_images = self.q_sample(images, t, noises)
         if self.num_classes is None:
             labels = None
@@ -304,8 +306,11 @@ class DiffusionModel(keras.Model):
             draws = keras.random.uniform(ops.shape(labels), seed=self.seed_generator)
         return ops.where(draws < self.cond_drop_prob, self.num_classes, labels)
 
-    def _training_draws(self, image_shape, step=None):
+    def training_draws(self, image_shape, step=None):
         """Timesteps t ~ U{1..T} `(batch,)` and noise eps ~ N(0, I) for a batch.
+
+        `diffusion_loss` calls this for every batch: a subclass may override it
+        to train on draws of its own.
 
         On TensorFlow the draws are stateless: a seed (the same on every
         replica) is folded with the replica's id in its `tf.distribute`
@@ -313,6 +318,11 @@ class DiffusionModel(keras.Model):
         the optimizer's step count, given) that seed is the model's seed folded
         with `step`, so the draws of step k are the same whether or not the run
         was resumed from a checkpoint; otherwise the seed generator's next seed.
+
+        Example:
+        >>> t, noises = model.training_draws((4, 32, 32, 3))
+        >>> tuple(t.shape), tuple(noises.shape)
+        ((4,), (4, 32, 32, 3))
         """
         if keras.backend.backend() != "tensorflow":
             t = keras.random.randint(
