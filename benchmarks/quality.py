@@ -63,11 +63,11 @@ UNET_ROWS = ("unet", "unet-ema")
 CLI_OUTPUT_ARGS = ["--n-samples", "4", "--sample-steps", "10", "--grid-steps", "5"]
 
 QUICK = dict(
-    n=40,
+    n=32,
     rows=["naive"],
     samplers=["ddpm", "ddim:10"],
-    train_args=["--epochs", "1", "--num-examples", "128", "--T", "100", "--n-feat", "8"],
-    judge=shapes_judge.JudgeSettings(num_images=900, epochs=2),
+    train_args=["--epochs", "1", "--num-examples", "64", "--T", "50", "--n-feat", "8"],
+    judge=shapes_judge.JudgeSettings(num_images=1500, epochs=3, batch_size=32, reference_size=400),
 )
 
 SCALE = 4  # Enlargement of the PNG grids (nearest neighbour).
@@ -159,7 +159,7 @@ def train_row(name, row_args, args):
     if result.returncode != 0:
         tail = (out / "train.log").read_text().strip().splitlines()[-1:]
         return Trained(name, description, skipped=f"training failed: {' '.join(tail)}")
-    return Trained(name, description + " " + " ".join(budget), out / "model.keras", seconds)
+    return Trained(name, " ".join([description, *budget]), out / "model.keras", seconds)
 
 
 # ------------------------------------------------------------------ sampling

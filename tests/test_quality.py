@@ -8,11 +8,12 @@ import pytest
 from test_benchmarks import run_script
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import quality  # noqa: E402
 import shapes_judge  # noqa: E402
 from keras_ddpm import data  # noqa: E402
 
 # The judge of `quality.py --quick`: trained once here, then found in the cache by the script.
-QUICK_JUDGE = shapes_judge.JudgeSettings(num_images=900, epochs=2)
+QUICK_JUDGE = quality.QUICK["judge"]
 
 COLUMNS = ("| Row | Sampler | n | Valid rate | Worst attribute deviation | All within ±50% "
            "| Fréchet / floor | Train s | Sample s | Training |")
@@ -85,7 +86,7 @@ def test_judge_accepts_real_images_rejects_noise_and_real_vs_real_is_near_the_fl
     noise = np.random.default_rng(0).normal(size=real.shape).astype(np.float32)
     real_score = judge.score(real, reference["reference"], reference["floor_distance"])
     noise_score = judge.score(noise, reference["reference"], reference["floor_distance"])
-    assert real_score["valid_rate"] > 0.8
+    assert real_score["valid_rate"] > 0.5  # the quick judge; the full one scores about 0.99
     assert noise_score["valid_rate"] < 0.05
     assert 0.4 < real_score["frechet_ratio"] < 2.5
     assert noise_score["frechet_ratio"] > 20
@@ -100,6 +101,6 @@ def test_quick_mode_runs_end_to_end_and_prints_its_table_last(quick_cache, tmp_p
     assert table[0] == COLUMNS
     rows = [line.split(" | ")[0].lstrip("| ") for line in table[2:]]
     assert rows == ["real data", "naive", "naive"]
-    assert "ddpm-100" in out and "ddim-10" in out
+    assert "ddpm-50" in out and "ddim-10" in out
     assert (tmp_path / "naive_ddim-10.png").is_file()
     assert (tmp_path / "results.json").is_file()
