@@ -208,7 +208,7 @@ def score_model(trained, args, judge, reference, real):
         samples = model.sample(args.n, steps=steps, sampler=name, seed=args.seed + 1,
                                batch_size=batch, verbose=0)
         row["sample_seconds"] = time.perf_counter() - start
-        row.update(judge.score(samples, reference["reference"], reference["floor_distance"]))
+        row.update(judge.score(samples, **reference))
         png = pathlib.Path(args.out_dir) / f"{trained.name}_{label}.png"
         save_comparison(samples, real, png)
         row["grid"] = str(png)
@@ -268,7 +268,7 @@ def to_json(results):
 def real_row(args, judge, reference, real):
     """The "real data" row: held-out real images scored like samples."""
     row = {"row": "real data", "training": "held-out real shapes", "sampler": "-", "n": args.n}
-    return {**row, **judge.score(real, reference["reference"], reference["floor_distance"])}
+    return {**row, **judge.score(real, **reference)}
 
 
 def main(argv=None):

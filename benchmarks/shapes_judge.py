@@ -280,8 +280,10 @@ class Judge:
     images.
 
     Example:
-    >>> judge = load_judge(JudgeSettings(num_images=600, epochs=1), "/tmp/judge_cache")
-    >>> judge.score(real_images(JudgeSettings(), 50), reference, floor)["valid_rate"]
+    >>> settings = JudgeSettings(num_images=600, epochs=1, reference_size=200)
+    >>> judge = load_judge(settings, "/tmp/judge_cache")
+    >>> reference = reference_features(judge, settings, 50, "/tmp/judge_cache")
+    >>> judge.score(real_images(settings, 50), **reference)["valid_rate"]
     """
 
     network: keras.Model
@@ -293,14 +295,14 @@ class Judge:
         outputs = self.network.predict(np.clip(images, -1, 1), batch_size=batch_size, verbose=0)
         return outputs[:-1], np.asarray(outputs[-1], np.float64)
 
-    def score(self, images, reference_features, floor):
+    def score(self, images, reference, floor_distance):
         """The valid-sample rate, frequencies and Fréchet ratio of `images`.
 
         Args:
             images: float array (N, H, W, 3) in about [-1, 1].
-            reference_features: array (M, features) of held-out real images.
-            floor: float. Fréchet distance of another real set of N images to the
-                reference: the ratio's denominator.
+            reference: array (M, features) of held-out real images.
+            floor_distance: float. Fréchet distance of other real sets of N images
+                to the reference: the ratio's denominator.
 
         Returns:
             dict with `valid_rate`, `frequencies`, `worst` (see `worst_deviation`),
@@ -310,13 +312,13 @@ class Judge:
         combinations, confidence = combination_confidence(probabilities)
         mask = valid_mask(combinations, confidence, self.known_combinations)
         frequencies = attribute_frequencies(combinations, mask)
-        frechet = metrics.frechet_distance(features, reference_features)
+        frechet = metrics.frechet_distance(features, reference)
         return {
             "valid_rate": float(np.mean(mask)),
             "frequencies": frequencies,
             "worst": worst_deviation(frequencies, self.data_frequencies),
             "frechet": frechet,
-            "frechet_ratio": frechet / floor,
+            "frechet_ratio": frechet / floor_distance,
         }
 
 

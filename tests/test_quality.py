@@ -84,8 +84,8 @@ def test_judge_accepts_real_images_rejects_noise_and_real_vs_real_is_near_the_fl
     reference = shapes_judge.reference_features(judge, QUICK_JUDGE, n, quick_cache)
     real = shapes_judge.real_images(QUICK_JUDGE, n)
     noise = np.random.default_rng(0).normal(size=real.shape).astype(np.float32)
-    real_score = judge.score(real, reference["reference"], reference["floor_distance"])
-    noise_score = judge.score(noise, reference["reference"], reference["floor_distance"])
+    real_score = judge.score(real, **reference)
+    noise_score = judge.score(noise, **reference)
     assert real_score["valid_rate"] > 0.5  # the quick judge; the full one scores about 0.99
     assert noise_score["valid_rate"] < 0.05
     assert 0.4 < real_score["frechet_ratio"] < 2.5
