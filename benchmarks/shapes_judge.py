@@ -110,7 +110,8 @@ def _recoloured(images, attributes, rng):
     keep = rng.integers(0, 3, count)  # 0: new shape colour, 1: new background, 2: both
     new_foreground = np.where((keep == 1)[:, None], foreground, colours[:, 0])
     new_background = np.where((keep == 0)[:, None], background, colours[:, 1])
-    return new_background[:, None, None] + coverage * (new_foreground - new_background)[:, None, None]
+    new_background, new_foreground = new_background[:, None, None], new_foreground[:, None, None]
+    return new_background + coverage * (new_foreground - new_background)
 
 
 def negative_images(images, attributes, seed=0):
@@ -189,7 +190,8 @@ def train_judge(settings, verbose=0):
     half = {name: values[::2] for name, values in attributes.items()}
     negatives = negative_images(images[::2], half, seed=settings.seed)
     rng = np.random.default_rng(settings.seed)
-    grain = rng.uniform(0, POSITIVE_GRAIN, (len(images), 1, 1, 1)) * (rng.random((len(images), 1, 1, 1)) < 0.5)
+    per_image = (len(images), 1, 1, 1)
+    grain = rng.uniform(0, POSITIVE_GRAIN, per_image) * (rng.random(per_image) < 0.5)
     images = np.clip(images + grain * rng.normal(size=images.shape), -1, 1).astype(np.float32)
     inputs = np.concatenate([images, negatives])
     targets = [
