@@ -93,6 +93,7 @@ def test_judge_accepts_real_images_rejects_noise_and_real_vs_real_is_near_the_fl
     assert abs(real_score["worst"][2]) < 0.5
 
 
+@pytest.mark.slow
 def test_quick_mode_runs_end_to_end_and_prints_its_table_last(quick_cache, tmp_path):
     out = run_script(
         "quality.py", ["--quick", "--cache-dir", str(quick_cache), "--out-dir", str(tmp_path)]
