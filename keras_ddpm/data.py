@@ -32,6 +32,7 @@ SHAPE_BACKGROUND_COLORS = np.array(
     ],
     dtype=np.float32,
 )
+SHAPE_BACKGROUND_NAMES = ("midnight blue", "charcoal")
 
 # Bright, saturated shape colours, all far from every background colour (RGB).
 SHAPE_FOREGROUND_COLORS = np.array(
@@ -43,6 +44,7 @@ SHAPE_FOREGROUND_COLORS = np.array(
     ],
     dtype=np.float32,
 )
+SHAPE_COLOR_NAMES = ("red", "yellow", "sky blue", "magenta")
 
 # Shape size (disc diameter, square side, triangle base and height) as a fraction of
 # the image width, and the largest shift of the shape's centre from the image centre.
@@ -136,30 +138,8 @@ def _shape_coverage(labels, sizes, centers, image_size):
     return coverage
 
 
-def make_shapes(num_examples, image_size=32, seed=0):
-    """Procedurally generates images of one coloured shape on a plain background.
-
-    Each image holds a single disc, square (axis-aligned) or triangle (upright
-    isosceles) of size 45-70% of the image width, its centre shifted a few pixels from
-    the image centre, in one of 6 bright colours on one of 4 dark background colours.
-    Edges are anti-aliased (drawn at 4x resolution, then box-averaged). Labels are
-    exactly balanced up to one example and come in random order. The same `seed`
-    always gives the same images.
-
-    Args:
-        num_examples: int. Number of images to generate.
-        image_size: int. Height and width of the images in pixels.
-        seed: int or None. Seed of the NumPy random generator; None gives fresh images.
-
-    Returns:
-        A tuple `(images, labels)`: uint8 array (N, image_size, image_size, 3) and
-        int32 array (N,) of indices into `SHAPE_CLASSES`.
-
-    Example:
-    >>> images, labels = make_shapes(6, image_size=32, seed=0)
-    >>> images.shape, images.dtype, labels.shape
-    ((6, 32, 32, 3), dtype('uint8'), (6,))
-    """
+def _draw_shapes(num_examples, image_size, seed):
+    """Images and their attributes: `(images, labels, color_ids, background_ids)`."""
     if num_examples < 0:
         raise ValueError(f"num_examples must be >= 0, got {num_examples}.")
     if image_size <= 0:
@@ -183,7 +163,65 @@ def make_shapes(num_examples, image_size=32, seed=0):
         foreground = SHAPE_FOREGROUND_COLORS[foreground_ids[chunk]][:, None, None, :]
         blended = background + coverage * (foreground - background)
         images[chunk] = np.rint(blended).astype(np.uint8)
+    return images, labels, foreground_ids.astype(np.int32), background_ids.astype(np.int32)
+
+
+def make_shapes(num_examples, image_size=32, seed=0):
+    """Procedurally generates images of one coloured shape on a plain background.
+
+    Each image holds a single disc, square (axis-aligned) or triangle (upright
+    isosceles) of size 45-70% of the image width, its centre shifted a few pixels from
+    the image centre, in one of 4 bright colours (`SHAPE_COLOR_NAMES`) on one of 2 dark
+    background colours (`SHAPE_BACKGROUND_NAMES`). Edges are anti-aliased (drawn at 4x
+    resolution, then box-averaged). Labels are exactly balanced up to one example and
+    come in random order. The same `seed` always gives the same images.
+
+    Args:
+        num_examples: int. Number of images to generate.
+        image_size: int. Height and width of the images in pixels.
+        seed: int or None. Seed of the NumPy random generator; None gives fresh images.
+
+    Returns:
+        A tuple `(images, labels)`: uint8 array (N, image_size, image_size, 3) and
+        int32 array (N,) of indices into `SHAPE_CLASSES`.
+
+    Example:
+    >>> images, labels = make_shapes(6, image_size=32, seed=0)
+    >>> images.shape, images.dtype, labels.shape
+    ((6, 32, 32, 3), dtype('uint8'), (6,))
+    """
+    images, labels, _, _ = _draw_shapes(num_examples, image_size, seed)
     return images, labels
+
+
+def make_shapes_with_attributes(num_examples, image_size=32, seed=0):
+    """The images of `make_shapes`, with each one's shape, colour and background.
+
+    The same `seed` gives exactly the images of `make_shapes(num_examples,
+    image_size, seed)`, so `load_dataset("shapes")` is unchanged; the attributes
+    are what drew them, e.g. to train or check a classifier of samples.
+
+    Args:
+        num_examples: int. Number of images to generate.
+        image_size: int. Height and width of the images in pixels.
+        seed: int or None. Seed of the NumPy random generator; None gives fresh images.
+
+    Returns:
+        A tuple `(images, attributes)`: uint8 array (N, image_size, image_size, 3)
+        and a dict of int32 arrays (N,): `"shape"` (index into `SHAPE_CLASSES`),
+        `"color"` (into `SHAPE_COLOR_NAMES`, the rows of `SHAPE_FOREGROUND_COLORS`)
+        and `"background"` (into `SHAPE_BACKGROUND_NAMES`, the rows of
+        `SHAPE_BACKGROUND_COLORS`).
+
+    Example:
+    >>> images, attributes = make_shapes_with_attributes(4, seed=0)
+    >>> bool((images == make_shapes(4, seed=0)[0]).all()), sorted(attributes)
+    (True, ['background', 'color', 'shape'])
+    >>> SHAPE_COLOR_NAMES[attributes["color"][0]] in SHAPE_COLOR_NAMES
+    True
+    """
+    images, labels, color_ids, background_ids = _draw_shapes(num_examples, image_size, seed)
+    return images, {"shape": labels, "color": color_ids, "background": background_ids}
 
 
 class DatasetNotFoundError(FileNotFoundError):

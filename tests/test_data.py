@@ -57,6 +57,19 @@ def test_make_shapes_have_two_dominant_colours():
         assert (border == background).all()
 
 
+def test_make_shapes_with_attributes_gives_the_same_images_and_what_drew_them():
+    images, attributes = data.make_shapes_with_attributes(60, seed=1)
+    expected_images, expected_labels = data.make_shapes(60, seed=1)
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(attributes["shape"], expected_labels)
+    for image, color, background in zip(images, attributes["color"], attributes["background"]):
+        # The corner is background; the centre is inside every shape.
+        np.testing.assert_array_equal(image[0, 0], data.SHAPE_BACKGROUND_COLORS[background])
+        np.testing.assert_array_equal(image[19, 16], data.SHAPE_FOREGROUND_COLORS[color])
+    assert len(data.SHAPE_COLOR_NAMES) == len(data.SHAPE_FOREGROUND_COLORS)
+    assert len(data.SHAPE_BACKGROUND_NAMES) == len(data.SHAPE_BACKGROUND_COLORS)
+
+
 def test_make_shapes_classes_have_expected_area_and_symmetry():
     images, labels = data.make_shapes(90, seed=2)
     for image, label in zip(images, labels):

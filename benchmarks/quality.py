@@ -1,0 +1,314 @@
+"""Sample quality on `shapes`: train each configuration, sample, and let a judge score it.
+
+    python benchmarks/quality.py                          # every row, 500 samples each
+    python benchmarks/quality.py --rows naive --samplers ddim:50
+    python benchmarks/quality.py --model runs/shapes/model.keras --samplers ddim:50
+    python benchmarks/quality.py --quick                  # smoke test (tests/test_benchmarks.py)
+
+A row is (training configuration, sampler). Each training configuration is a
+`keras-ddpm train` command line on `shapes` (`--rows`, or your own with
+`--row NAME="ARGS"`), run once for its budget (`--epochs`; by default the CLI's
+own, i.e. the README's main command); every sampler of `--samplers` then draws
+`--n` images from the saved model. `--model FILE.keras` scores a model you
+trained yourself, without training.
+
+Each row reports, from the judge of `shapes_judge.py` (trained once and cached,
+with the real features and floors, in `--cache-dir`):
+
+- the valid-sample rate (judge confidence >= 0.9 for a combination that occurs
+  in the data; the "real data" row shows what real held-out images score);
+- the worst relative deviation of an attribute value's frequency among the
+  valid samples from the data's, flagged when beyond +-50%;
+- the Fréchet distance in the judge's features to held-out real images, divided
+  by that of another real set of the same n (the floor): compare only at equal n;
+- the wall time of training (the whole CLI run) and of sampling.
+
+It writes a PNG per row (samples beside real images, 4x nearest-neighbour) and
+`results.json` to `--out-dir`, and prints one Markdown table last.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+
+# bench_core sets TF_CPP_MIN_LOG_LEVEL and KERAS_BACKEND before importing TensorFlow.
+from bench_core import busy_cpu_seconds, finish_info, header_lines, log, machine_info  # noqa: E402
+import numpy as np  # noqa: E402
+import keras  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import keras_ddpm  # noqa: E402
+from keras_ddpm import diffusion, plotting  # noqa: E402
+import shapes_judge  # noqa: E402
+
+# Training configurations: `keras-ddpm train` arguments on top of the CLI defaults.
+ROWS = {
+    "naive": [],  # The CLI default: the lecture's NaiveUnet.
+    "naive-ema": ["--ema", "0.999"],
+    "unet": ["--network", "unet"],
+    "unet-ema": ["--network", "unet", "--ema", "0.999"],
+}
+# Rows that need `keras_ddpm.Unet` (issue 12); skipped with a message without it.
+UNET_ROWS = ("unet", "unet-ema")
+
+# Keep the CLI's own outputs (grids during training, the final samples.png) cheap.
+CLI_OUTPUT_ARGS = ["--n-samples", "4", "--sample-steps", "10", "--grid-steps", "5"]
+
+QUICK = dict(
+    n=32,
+    rows=["naive"],
+    samplers=["ddpm", "ddim:10"],
+    train_args=["--epochs", "1", "--num-examples", "64", "--T", "50", "--n-feat", "8"],
+    judge=shapes_judge.JudgeSettings(num_images=1500, epochs=3, batch_size=32, reference_size=400),
+)
+
+# Images per sampling chunk: on 2 CPU cores a step costs about 10 ms per image at
+# 50-125 images and 15-20 ms at 500 (measured with NaiveUnet, n_feat 16).
+SAMPLE_BATCH = 100
+
+SCALE = 4  # Enlargement of the PNG grids (nearest neighbour).
+GRID_IMAGES = 64
+
+
+# Fast solvers sampled by default where `model.sample` knows them (issue 13); any
+# other sampler name runs when asked for with --samplers NAME:STEPS.
+FAST_SAMPLERS = ("dpm++:20",)
+
+
+def known_samplers():
+    """Sampler names `model.sample(sampler=...)` accepts in this version of the package."""
+    return tuple(getattr(diffusion, "SAMPLERS", ("ddpm", "ddim")))
+
+
+def default_samplers():
+    """DDPM over all T, DDIM-50, and DPM-Solver++ at 20 steps where it exists."""
+    fast = [text for text in FAST_SAMPLERS if text.partition(":")[0] in known_samplers()]
+    return ["ddpm", "ddim:50"] + fast
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", nargs="+", default=None, choices=list(ROWS),
+                        help=f"training configurations to run (default: all of {list(ROWS)})")
+    parser.add_argument("--row", action="append", default=[], metavar='NAME="ARGS"',
+                        help="an extra training configuration: a name and keras-ddpm train "
+                        "arguments, e.g. --row 'wide=--n-feat 32' (repeatable)")
+    parser.add_argument("--model", action="append", default=[], metavar="FILE.keras",
+                        help="score this saved model too, without training (repeatable)")
+    parser.add_argument("--samplers", nargs="+", default=None, metavar="NAME[:STEPS]",
+                        help="samplers per row: ddpm (all T), ddim:50, dpm++:20, ... "
+                        f"(default: {' '.join(default_samplers())})")
+    parser.add_argument("--n", type=int, default=500, help="samples per row (and real images)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training budget of every row (default: keras-ddpm train's)")
+    parser.add_argument("--sample-batch", type=int, default=SAMPLE_BATCH,
+                        help="images per compiled sampling chunk")
+    parser.add_argument("--seed", type=int, default=0, help="seed of training and samples")
+    parser.add_argument("--cache-dir", default=str(shapes_judge.DEFAULT_CACHE_DIR),
+                        help="where the judge, real features and floors are cached")
+    parser.add_argument("--out-dir", default="runs/quality",
+                        help="trained models, sample grids (PNG) and results.json")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny judge, training, n and T: a smoke test of the script")
+    args = parser.parse_args(argv)
+    args.judge = QUICK["judge"] if args.quick else shapes_judge.JudgeSettings()
+    args.train_args = QUICK["train_args"] if args.quick else []
+    if args.quick:
+        args.n = QUICK["n"]
+        args.rows = args.rows or QUICK["rows"]
+        args.samplers = args.samplers or QUICK["samplers"]
+    args.rows = args.rows if args.rows is not None else ([] if args.model else list(ROWS))
+    args.samplers = args.samplers or default_samplers()
+    return args
+
+
+# ------------------------------------------------------------------ training
+@dataclasses.dataclass
+class Trained:
+    """A model to sample from: its name, the `train` arguments and the training time."""
+
+    name: str
+    description: str
+    model_path: pathlib.Path = None
+    train_seconds: float = None
+    skipped: str = None
+
+
+def training_configs(args):
+    """`(name, keras-ddpm train arguments)` of every training row asked for."""
+    configs = [(name, ROWS[name]) for name in args.rows]
+    for text in args.row:
+        name, _, row_args = text.partition("=")
+        configs.append((name.strip(), shlex.split(row_args)))
+    return configs
+
+
+def train_row(name, row_args, args):
+    """Runs `keras-ddpm train` for one configuration in a subprocess; returns `Trained`."""
+    description = " ".join(["keras-ddpm train", *row_args]) if row_args else "keras-ddpm train"
+    if name in UNET_ROWS and not hasattr(keras_ddpm, "Unet"):
+        return Trained(name, description, skipped="keras_ddpm.Unet is absent (issue 12's network)")
+    out = pathlib.Path(args.out_dir) / name
+    budget = ["--epochs", str(args.epochs)] if args.epochs else []
+    argv = ["train", *CLI_OUTPUT_ARGS, *args.train_args, *budget, "--seed", str(args.seed),
+            *row_args, "--out", str(out)]
+    code = "import sys; from keras_ddpm.cli import main; sys.exit(main(sys.argv[1:]))"
+    log(f"{name}: keras-ddpm {' '.join(argv)}")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(out / "train.log", "w") as train_log:
+        result = subprocess.run([sys.executable, "-c", code, *argv], stdout=train_log,
+                                stderr=subprocess.STDOUT, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        tail = (out / "train.log").read_text().strip().splitlines()[-1:]
+        return Trained(name, description, skipped=f"training failed: {' '.join(tail)}")
+    return Trained(name, " ".join([description, *budget]), out / "model.keras", seconds)
+
+
+# ------------------------------------------------------------------ sampling
+def parse_sampler(text, T):
+    """`"ddim:50"` -> `("ddim", 50)`; `"ddpm"` -> `("ddpm", T)`."""
+    name, _, steps = text.partition(":")
+    return name, int(steps) if steps else T
+
+
+def reverse_step_seconds(model, batch, seed=0):
+    """Seconds of one compiled reverse step at `batch` images (DDIM, after a warm-up)."""
+    steps = 3
+    model.sample(batch, steps=steps, sampler="ddim", seed=seed, verbose=0)
+    start = time.perf_counter()
+    model.sample(batch, steps=steps, sampler="ddim", seed=seed, verbose=0)
+    return (time.perf_counter() - start) / steps
+
+
+def save_comparison(samples, real, path):
+    """PNG of up to 64 samples (left) beside as many real images, enlarged 4x."""
+    left = plotting.image_grid(samples[:GRID_IMAGES], nrow=8)
+    right = plotting.image_grid(real[:GRID_IMAGES], nrow=8)
+    gap = np.full((left.shape[0], 8, 3), 255, np.uint8)
+    both = np.concatenate([left, gap, right], axis=1)
+    both = np.repeat(np.repeat(both, SCALE, axis=0), SCALE, axis=1)
+    Image.fromarray(both).save(path)
+
+
+def score_model(trained, args, judge, reference, real):
+    """Samples `trained`'s model with every sampler; returns one result dict per sampler."""
+    model = keras.models.load_model(trained.model_path)
+    batch = min(args.sample_batch, args.n)
+    step = reverse_step_seconds(model, batch, seed=args.seed)
+    results = []
+    for text in args.samplers:
+        name, steps = parse_sampler(text, model.T)
+        label = f"{name}-{steps}"
+        row = {"row": trained.name, "training": trained.description, "sampler": label,
+               "n": args.n, "train_seconds": trained.train_seconds}
+        if name not in known_samplers():
+            results.append({**row, "skipped": f"model.sample has no sampler {name!r}"})
+            continue
+        log(f"{trained.name} {label}: estimated {step * steps * -(-args.n // batch):.0f} s "
+            f"({step * 1000:.0f} ms per reverse step at batch {batch})")
+        start = time.perf_counter()
+        samples = model.sample(args.n, steps=steps, sampler=name, seed=args.seed + 1,
+                               batch_size=batch, verbose=0)
+        row["sample_seconds"] = time.perf_counter() - start
+        row.update(judge.score(samples, **reference))
+        png = pathlib.Path(args.out_dir) / f"{trained.name}_{label}.png"
+        save_comparison(samples, real, png)
+        row["grid"] = str(png)
+        results.append(row)
+        log(f"{trained.name} {label}: valid {row['valid_rate']:.3f}, Fréchet ratio "
+            f"{row['frechet_ratio']:.2f}, {row['sample_seconds']:.0f} s; grid {png}")
+    return results
+
+
+# -------------------------------------------------------------------- report
+def table_row(result):
+    """One Markdown table row of a result dict."""
+    def seconds(key):
+        return f"{result[key]:.0f}" if result.get(key) is not None else "-"
+
+    head = [result["row"], result["sampler"], str(result["n"])]
+    if "skipped" in result:
+        return head + ["-", "-", "-", "-", "-", "-", f"skipped: {result['skipped']}"]
+    name, value, deviation = result["worst"]
+    within = abs(deviation) <= shapes_judge.MAX_RELATIVE_DEVIATION
+    return head + [
+        f"{result['valid_rate']:.3f}",
+        f"{deviation:+.0%} ({value})",
+        "yes" if within else "**NO**",
+        f"{result['frechet_ratio']:.2f}",
+        seconds("train_seconds"),
+        seconds("sample_seconds"),
+        result["training"],
+    ]
+
+
+def report(info, results):
+    """Prints the header and the one Markdown table, last."""
+    columns = ["Row", "Sampler", "n", "Valid rate", "Worst attribute deviation",
+               "All within ±50%", "Fréchet / floor", "Train s", "Sample s", "Training"]
+    lines = [""] + header_lines(info) + [
+        "",
+        "| " + " | ".join(columns) + " |",
+        "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    lines += ["| " + " | ".join(table_row(result)) + " |" for result in results]
+    print("\n".join(lines), flush=True)
+
+
+def to_json(results):
+    """Results with NumPy values as lists, for results.json."""
+    def convert(value):
+        if isinstance(value, dict):
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, (np.ndarray, np.generic)):
+            return value.tolist()
+        return value
+
+    return json.dumps([convert(result) for result in results], indent=1, default=str)
+
+
+def real_row(args, judge, reference, real):
+    """The "real data" row: held-out real images scored like samples."""
+    row = {"row": "real data", "training": "held-out real shapes", "sampler": "-", "n": args.n}
+    return {**row, **judge.score(real, **reference)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = machine_info()
+    start, cpu_start = time.perf_counter(), busy_cpu_seconds()
+    pathlib.Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    judge = shapes_judge.load_judge(args.judge, args.cache_dir, log=log)
+    reference = shapes_judge.reference_features(judge, args.judge, args.n, args.cache_dir)
+    real = shapes_judge.real_images(args.judge, args.n)
+    results = [real_row(args, judge, reference, real)]
+    models = [Trained(pathlib.Path(path).stem, f"--model {path}", pathlib.Path(path))
+              for path in args.model]
+    for name, row_args in training_configs(args):
+        models.append(train_row(name, row_args, args))
+    for trained in models:
+        if trained.skipped:
+            log(f"{trained.name}: skipped: {trained.skipped}")
+            results.append({"row": trained.name, "sampler": "-", "n": args.n,
+                            "training": trained.description, "skipped": trained.skipped})
+            continue
+        results += score_model(trained, args, judge, reference, real)
+    (pathlib.Path(args.out_dir) / "results.json").write_text(to_json(results) + "\n")
+    finish_info(info, start, cpu_start)
+    report(info, results)
+
+
+if __name__ == "__main__":
+    main()

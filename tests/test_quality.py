@@ -1,0 +1,107 @@
+"""The quality benchmark: its judge's metrics on constructed inputs, and a quick end-to-end run."""
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from test_benchmarks import run_script
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import quality  # noqa: E402
+import shapes_judge  # noqa: E402
+from keras_ddpm import data  # noqa: E402
+
+# The judge of `quality.py --quick`: trained once here, then found in the cache by the script.
+QUICK_JUDGE = quality.QUICK["judge"]
+
+COLUMNS = ("| Row | Sampler | n | Valid rate | Worst attribute deviation | All within ±50% "
+           "| Fréchet / floor | Train s | Sample s | Training |")
+
+
+def one_hot(indices, classes):
+    return np.eye(classes)[indices]
+
+
+def test_combination_confidence_is_the_product_of_the_heads_and_ignores_none():
+    shape = np.array([[0.9, 0.05, 0.05, 0.0], [0.1, 0.1, 0.1, 0.7]])
+    color = one_hot([1, 3], 5)
+    background = np.array([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]])
+    combinations, confidence = shapes_judge.combination_confidence([shape, color, background])
+    np.testing.assert_array_equal(combinations, [[0, 1, 1], [0, 3, 0]])
+    np.testing.assert_allclose(confidence, [0.9, 0.1 * 0.5])
+
+
+def test_valid_mask_needs_confidence_and_a_known_combination():
+    combinations = np.array([[0, 0, 0], [0, 0, 0], [2, 3, 1]])
+    mask = shapes_judge.valid_mask(combinations, np.array([0.9, 0.89, 1.0]), {(0, 0, 0)})
+    np.testing.assert_array_equal(mask, [True, False, False])
+
+
+def test_attribute_frequencies_count_valid_samples_only():
+    combinations = np.array([[0, 0, 0], [1, 1, 1], [1, 2, 1], [2, 3, 0]])
+    frequencies = shapes_judge.attribute_frequencies(combinations, [True, True, True, False])
+    np.testing.assert_allclose(frequencies["shape"], [1 / 3, 2 / 3, 0])
+    np.testing.assert_allclose(frequencies["color"], [1 / 3, 1 / 3, 1 / 3, 0])
+    np.testing.assert_allclose(frequencies["background"], [1 / 3, 2 / 3])
+    # No valid sample: every frequency is 0, i.e. -100% from the data's.
+    empty = shapes_judge.attribute_frequencies(combinations, [False] * 4)
+    data_frequencies = {"shape": np.full(3, 1 / 3), "color": np.full(4, 0.25),
+                        "background": np.full(2, 0.5)}
+    assert shapes_judge.worst_deviation(empty, data_frequencies)[2] == -1.0
+
+
+def test_worst_deviation_finds_the_largest_relative_error():
+    data_frequencies = {"shape": np.full(3, 1 / 3), "color": np.full(4, 0.25),
+                        "background": np.full(2, 0.5)}
+    observed = {"shape": np.array([0.4, 0.3, 0.3]), "color": np.array([0.1, 0.3, 0.3, 0.3]),
+                "background": np.array([0.6, 0.4])}
+    name, value, deviation = shapes_judge.worst_deviation(observed, data_frequencies)
+    assert (name, value) == ("color", "red")
+    assert deviation == pytest.approx(-0.6)
+
+
+def test_negative_images_are_in_range_and_unlike_the_real_ones():
+    images, attributes = data.make_shapes_with_attributes(20, seed=3)
+    real = np.asarray(data.to_model_range(images))
+    negatives = shapes_judge.negative_images(real, attributes, seed=0)
+    assert negatives.shape == real.shape and negatives.dtype == np.float32
+    assert negatives.min() >= -1 and negatives.max() <= 1
+    assert np.abs(negatives - real).mean(axis=(1, 2, 3)).min() > 0.02
+
+
+@pytest.fixture(scope="module")
+def quick_cache(tmp_path_factory):
+    """A cache folder holding the quick judge (trained here once, about 10 s)."""
+    cache = tmp_path_factory.mktemp("quality_cache")
+    shapes_judge.load_judge(QUICK_JUDGE, cache, log=lambda message: None)
+    return cache
+
+
+def test_judge_accepts_real_images_rejects_noise_and_real_vs_real_is_near_the_floor(quick_cache):
+    judge = shapes_judge.load_judge(QUICK_JUDGE, quick_cache)
+    n = 200
+    reference = shapes_judge.reference_features(judge, QUICK_JUDGE, n, quick_cache)
+    real = shapes_judge.real_images(QUICK_JUDGE, n)
+    noise = np.random.default_rng(0).normal(size=real.shape).astype(np.float32)
+    real_score = judge.score(real, **reference)
+    noise_score = judge.score(noise, **reference)
+    assert real_score["valid_rate"] > 0.5  # the quick judge; the full one scores about 0.99
+    assert noise_score["valid_rate"] < 0.05
+    assert 0.4 < real_score["frechet_ratio"] < 2.5
+    assert noise_score["frechet_ratio"] > 20
+    assert abs(real_score["worst"][2]) < 0.5
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_end_to_end_and_prints_its_table_last(quick_cache, tmp_path):
+    out = run_script(
+        "quality.py", ["--quick", "--cache-dir", str(quick_cache), "--out-dir", str(tmp_path)]
+    )
+    table = out[out.index(COLUMNS):].splitlines()
+    assert table[0] == COLUMNS
+    rows = [line.split(" | ")[0].lstrip("| ") for line in table[2:]]
+    assert rows == ["real data", "naive", "naive"]
+    assert "ddpm-50" in out and "ddim-10" in out
+    assert (tmp_path / "naive_ddim-10.png").is_file()
+    assert (tmp_path / "results.json").is_file()
