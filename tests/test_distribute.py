@@ -43,7 +43,7 @@ def same_draws_for_every_image(shape, step=None):
 
 
 class FixedDraws(DiffusionModel):
-    """Trains on `same_draws_for_every_image` (the public `training_draws` overridden)."""
+    # Trains on same_draws_for_every_image: the public training_draws, overridden.
 
     def training_draws(self, image_shape, step=None):
         return same_draws_for_every_image(image_shape, step)
