@@ -37,6 +37,14 @@ def test_bfloat16_computes_in_bfloat16_with_float32_weights_output_and_loss():
     assert model.diffusion_loss(ops.convert_to_tensor(random_images(2))).dtype == "float32"
 
 
+def test_bfloat16_network_tells_neighbouring_timesteps_apart():
+    """t / T reaches the time embedding in float32: 500/1000 and 501/1000 differ."""
+    model = model_under("mixed_bfloat16", T=1000)
+    images = ops.convert_to_tensor(np.repeat(random_images(1), 2, axis=0))
+    noise = ops.convert_to_numpy(model.predict_noise(images, ops.array([500, 501])))
+    assert np.abs(noise[0] - noise[1]).max() > 1e-3  # 0 when t was cast to bfloat16
+
+
 def test_group_normalization_normalises_in_float32_under_bfloat16():
     """Keras' GroupNormalization upcasts: big, offset activations normalise exactly."""
     model = model_under("mixed_bfloat16")
