@@ -4,7 +4,8 @@
 writes `model.keras`, `samples.png`, `history.json` and a sample grid per epoch
 (`grids/`) to `--out` (the model and the history atomically). With
 `--checkpoint-dir` it backs up every epoch and resumes after a crash;
-`--strategy` trains on several GPUs or machines (tf.distribute). A lock file
+`--strategy` trains on several GPUs or machines (tf.distribute on TensorFlow,
+`keras.distribution` on JAX). A lock file
 keeps a second run off the same `--out` and `--checkpoint-dir`.
 """
 
@@ -241,9 +242,11 @@ def _add_checkpoints_and_devices_arguments(train):
         "--strategy",
         choices=("default", "mirrored", "multiworker"),
         default="default",
-        help="tf.distribute strategy: default (one device), mirrored (every local GPU), "
-        "multiworker (several machines, from the TF_CONFIG environment variable; run "
-        "the same command on each)",
+        help="how to train on several devices: default (one device), mirrored (every "
+        "local GPU), multiworker (several machines; run the same command on each); "
+        "tf.distribute on TensorFlow (the cluster from TF_CONFIG), keras.distribution's "
+        "DataParallel on JAX (the cluster from KERAS_DISTRIBUTION_JOB_ADDRESSES, "
+        "_NUM_PROCESSES and _PROCESS_ID)",
     )
 
 
@@ -466,6 +469,8 @@ def _build_model(args, keras, image_shape, num_classes):
 
 def _summary(args, model, image_shape, strategy):
     """The one line that says what is being trained, on what, and how."""
+    from keras_ddpm import distribute
+
     height, width, channels = image_shape
     what = f"Fine-tuning {args.init}" if args.init else f"Training NaiveUnet (n_feat={args.n_feat})"
     classes = f" (classes {', '.join(map(str, args.classes))})" if args.classes else ""
@@ -477,7 +482,7 @@ def _summary(args, model, image_shape, strategy):
         from keras_ddpm.precision import bfloat16_support
 
         policy += f" by --precision auto ({bfloat16_support()[1]})"
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    replicas = distribute.num_replicas(strategy)
     devices = f" on {replicas} replicas ({args.strategy} strategy)" if replicas > 1 else ""
     return (
         f"{what}, {model.network.count_params():,} parameters, on {args.dataset}{classes} "
