@@ -389,6 +389,15 @@ class DiffusionModel(keras.Model):
         (`_stateless_train_step`). Both minimise `diffusion_loss` and scale it
         with `optimizer.scale_loss` (a `LossScaleOptimizer` under
         `mixed_float16`; the identity otherwise).
+
+        On several devices (`keras_ddpm.distribute.make_strategy`): under
+        `tf.distribute` each replica minimises its loss divided by the number
+        of replicas (Keras sums their gradients) and folds its replica id into
+        its draws. Under JAX's `keras.distribution.DataParallel` the step is
+        one program over the global batch that XLA splits across the devices:
+        the loss is already the mean over the whole batch and each device's
+        images get their own slice of the draws. Either way the update is the
+        one-device update of the same global batch.
         """
         if keras.backend.backend() == "jax":
             return self._stateless_train_step(*args)

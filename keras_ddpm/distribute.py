@@ -1,25 +1,36 @@
-"""Training on several GPUs or machines with `tf.distribute` (TensorFlow backend).
+"""Training on several GPUs or machines: `tf.distribute` on TensorFlow, `keras.distribution` on JAX.
 
 `make_strategy("mirrored")` replicates the model on every local GPU;
-`make_strategy("multiworker")` on every GPU (or the CPU) of several machines,
-described by the `TF_CONFIG` environment variable. Build and compile the
-model inside `strategy.scope()` and call `fit` as usual: each step splits the
-global batch across the replicas, and `DiffusionModel.train_step` averages
-their gradients and draws different noise and timesteps on every replica.
+`make_strategy("multiworker")` on every GPU (or the CPU) of several machines.
+Build and compile the model inside `strategy.scope()` and call `fit` as
+usual: each step splits the global batch across the devices and updates the
+weights with the gradient of the mean loss over the whole batch, every device
+drawing its own noise and timesteps.
 
     strategy = make_strategy("mirrored")
     with strategy.scope():
         model = DiffusionModel(NaiveUnet((64, 64, 3), n_feat=128))
         model.compile(optimizer=keras.optimizers.Adam(2e-4))
-    model.fit(load_dataset("cats64", batch_size=64 * strategy.num_replicas_in_sync))
+    model.fit(load_dataset("cats64", batch_size=64 * num_replicas(strategy)))
 
-A multi-worker run starts the same program on every machine, each with
-`TF_CONFIG` naming all of them and its own index, e.g. on the first of two:
+On TensorFlow the strategies are `tf.distribute.MirroredStrategy` and
+`MultiWorkerMirroredStrategy`; a multi-worker run starts the same program on
+every machine, each with `TF_CONFIG` naming all of them and its own index,
+e.g. on the first of two:
 
     TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
                 "task": {"type": "worker", "index": 0}}'
 
-Worker 0 is the chief: it writes the model and the logs (see `is_chief`).
+On JAX both are Keras' `keras.distribution.DataParallel`, set as the global
+distribution (one program over all devices; XLA splits the batch):
+`"mirrored"` over the local devices, `"multiworker"` over the devices of
+every process after `keras.distribution.initialize()`, which reads
+`KERAS_DISTRIBUTION_JOB_ADDRESSES` (the address of process 0, e.g.
+`host1:12345`), `KERAS_DISTRIBUTION_NUM_PROCESSES` and
+`KERAS_DISTRIBUTION_PROCESS_ID` (0, 1, ...) on every machine. Keras then
+gives each process its share of every `tf.data` batch.
+
+Worker (process) 0 is the chief: it writes the model and the logs (see `is_chief`).
 """
 
 import json
@@ -28,22 +39,29 @@ import os
 import keras
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+# The environment variables keras.distribution.initialize() reads on JAX.
+JAX_CLUSTER_VARIABLES = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
 
 
 def make_strategy(name="default"):
-    """The `tf.distribute.Strategy` called `name`.
+    """The distribution strategy called `name`, for the active Keras backend.
 
-    Create it at the start of the program, before any other TensorFlow
+    Create it at the start of the program, before any other TensorFlow or JAX
     operation (a multi-worker strategy cannot be created later).
 
     Args:
         name: str. `"default"` (no distribution: one device), `"mirrored"`
-            (`tf.distribute.MirroredStrategy`: all local GPUs, or the CPU) or
-            `"multiworker"` (`tf.distribute.MultiWorkerMirroredStrategy`:
-            the machines in `TF_CONFIG`).
+            (all local GPUs, or the CPU) or `"multiworker"` (several machines:
+            `TF_CONFIG` on TensorFlow, `KERAS_DISTRIBUTION_*` on JAX).
 
     Returns:
-        A `tf.distribute.Strategy`.
+        On TensorFlow a `tf.distribute.Strategy`; on JAX a
+        `keras.distribution.DataParallel`, also set as Keras' global
+        distribution (None for `"default"`); None on other backends.
 
     Example:
     >>> strategy = make_strategy("mirrored")
@@ -53,13 +71,15 @@ def make_strategy(name="default"):
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}.")
-    if name != "default" and keras.backend.backend() != "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return _jax_distribution(name)
+    if name != "default" and backend != "tensorflow":
         raise ValueError(
-            f"The {name!r} strategy is tf.distribute and needs the TensorFlow backend "
-            f"(KERAS_BACKEND=tensorflow); the {keras.backend.backend()} backend runs on "
-            "one device here (see keras.distribution for JAX)."
+            f"The {name!r} strategy needs the TensorFlow or JAX backend "
+            f"(KERAS_BACKEND=tensorflow or jax); the {backend} backend runs on one device here."
         )
-    if keras.backend.backend() != "tensorflow":
+    if backend != "tensorflow":
         return None
     import tensorflow as tf
 
@@ -76,6 +96,47 @@ def make_strategy(name="default"):
         )
     _task()  # Checks TF_CONFIG before TensorFlow waits for the other workers.
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _jax_distribution(name):
+    """JAX: Keras' `DataParallel` over every device (of every process), set globally."""
+    if name == "default":
+        return None
+    if name == "multiworker":
+        missing = [var for var in JAX_CLUSTER_VARIABLES if not os.environ.get(var)]
+        if missing:
+            raise ValueError(
+                "The 'multiworker' strategy on JAX reads the cluster from the "
+                f"environment, and {', '.join(missing)} is not set: set on every machine "
+                "KERAS_DISTRIBUTION_JOB_ADDRESSES=host1:12345 (process 0's address), "
+                "KERAS_DISTRIBUTION_NUM_PROCESSES=2 and KERAS_DISTRIBUTION_PROCESS_ID=0 "
+                "(1 on the second machine)."
+            )
+        keras.distribution.initialize()
+    distribution = keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+    keras.distribution.set_distribution(distribution)
+    return distribution
+
+
+def num_replicas(strategy):
+    """How many devices share each batch under `strategy` (from `make_strategy`).
+
+    Args:
+        strategy: a `tf.distribute.Strategy`, a `keras.distribution.Distribution`
+            or None (one device).
+
+    Returns:
+        int. The global batch size should be a multiple of it.
+
+    Example:
+    >>> num_replicas(make_strategy("default"))
+    1
+    """
+    if strategy is None:
+        return 1
+    if hasattr(strategy, "device_mesh"):  # keras.distribution.DataParallel
+        return int(strategy.device_mesh.devices.size)
+    return int(strategy.num_replicas_in_sync)
 
 
 def _task():
@@ -103,12 +164,17 @@ def is_chief():
     """Whether this process writes the shared outputs (model, logs, samples).
 
     True without `TF_CONFIG` (one process) and on the chief of a multi-worker
-    cluster: the `"chief"` task, or worker 0 when there is none.
+    cluster: the `"chief"` task, or worker 0 when there is none. On JAX: process 0
+    (call it after `make_strategy`, which starts the processes' cluster).
 
     Example:
     >>> if is_chief():
     ...     save_model(model, "runs/model.keras")
     """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index() == 0
     if not os.environ.get("TF_CONFIG"):
         return True
     task_type, index = _task()
@@ -124,6 +190,10 @@ def worker_id():
     Example:
     >>> backup_dir = os.path.join("checkpoints", worker_id())
     """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return f"worker-{jax.process_index()}" if jax.process_count() > 1 else ""
     if not os.environ.get("TF_CONFIG"):
         return ""
     task_type, index = _task()

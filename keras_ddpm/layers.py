@@ -209,6 +209,11 @@ class TimeLayer(layers.Layer):
     and cosine features (KerasHub's `SinePositionEncoding`, at positions
     `t * max_period`) followed by `Dense -> swish -> Dense`, as in Ho et al.
 
+    The embedding is computed in float32 (the layer's variable dtype) under any
+    mixed precision policy and only its output is cast to the compute dtype:
+    in bfloat16, t itself would keep 8 significant bits (only 128 distinct
+    times between 0.5 and 1). It is a tiny part of the network's work.
+
     Args:
         emb_dim: int. Size of the embedding.
         embedding: str. `"learned"` or `"sinusoidal"`.
@@ -236,21 +241,23 @@ class TimeLayer(layers.Layer):
         self.emb_dim = emb_dim
         self.embedding = embedding
         self.max_period = float(max_period)
+        # float32 under the mixed policies (and the policy's own dtype otherwise).
+        time_dtype = self.dtype_policy.variable_dtype
         if embedding == "learned":
             self.Dense_1 = layers.Dense(
-                emb_dim, use_bias=False, name="dense_1", dtype=self.dtype_policy
+                emb_dim, use_bias=False, name="dense_1", dtype=time_dtype
             )
             self.sine_encoding = None
         else:
             import keras_hub  # Imported here: only this option needs it.
 
             self.sine_encoding = keras_hub.layers.SinePositionEncoding(
-                name="sine_encoding", dtype=self.dtype_policy
+                name="sine_encoding", dtype=time_dtype
             )
             self.Dense_1 = layers.Dense(
-                emb_dim, activation="swish", name="dense_1", dtype=self.dtype_policy
+                emb_dim, activation="swish", name="dense_1", dtype=time_dtype
             )
-        self.Dense_2 = layers.Dense(emb_dim, name="dense_2", dtype=self.dtype_policy)
+        self.Dense_2 = layers.Dense(emb_dim, name="dense_2", dtype=time_dtype)
 
     def build(self, t_shape):
         batch = t_shape[0]
@@ -266,9 +273,14 @@ class TimeLayer(layers.Layer):
         encoding = self.sine_encoding(zeros, positions=positions)
         return self.Dense_1(ops.squeeze(encoding, axis=1))
 
+    @property
+    def input_dtype(self):
+        """t is cast to the variable dtype (float32 under mixed precision), not lower."""
+        return self.dtype_policy.variable_dtype
+
     def call(self, t):
-        t = ops.reshape(ops.cast(t, self.compute_dtype), (-1, 1))
-        return self.Dense_2(self._features(t))
+        t = ops.reshape(ops.cast(t, self.input_dtype), (-1, 1))
+        return ops.cast(self.Dense_2(self._features(t)), self.compute_dtype)
 
     def compute_output_shape(self, t_shape):
         return (t_shape[0], self.emb_dim)

@@ -38,6 +38,39 @@ def fixed_inputs():
     return x_t, np.array([[0.25], [0.9]], "float32")
 
 
+def one_sgd_step(keras, images, strategy_name):
+    """Loss and weight update of one SGD step on `images` (one batch) under a strategy."""
+    from keras_ddpm import DiffusionModel, NaiveUnet, distribute
+
+    strategy = distribute.make_strategy(strategy_name)
+    keras.utils.set_random_seed(0)
+    model = DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=T, seed=0)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    before = [keras.ops.convert_to_numpy(v) for v in model.network.trainable_variables]
+    fitted = model.fit(images, batch_size=len(images), epochs=1, shuffle=False, verbose=0)
+    after = [keras.ops.convert_to_numpy(v) for v in model.network.trainable_variables]
+    kernel = model.network.trainable_variables[0].value
+    keras.distribution.set_distribution(None)
+    return {
+        "replicas": distribute.num_replicas(strategy),
+        "weight_devices": len(kernel.sharding.device_set),
+        "loss": fitted.history["loss"][0],
+        "update": np.concatenate([(b - a).ravel() for a, b in zip(before, after)]),
+    }
+
+
+def run_data_parallel_steps(keras, images):
+    """One step on 1 device and one on the 2 host devices (XLA_FLAGS), same batch and seed."""
+    one, two = (one_sgd_step(keras, images, name) for name in ("default", "mirrored"))
+    update_1, update_2 = one.pop("update"), two.pop("update")
+    return {
+        "one_device": one,
+        "two_devices": two,
+        "update_norm_ratio": float(np.linalg.norm(update_2) / np.linalg.norm(update_1)),
+        "update_error": float(np.max(np.abs(update_2 - update_1)) / np.max(np.abs(update_1))),
+    }
+
+
 def run_jax_session(out_dir):
     sys.meta_path.insert(0, _NoTensorFlow())
     import keras
@@ -87,7 +120,8 @@ def run_jax_session(out_dir):
         "evaluate_loss": float(evaluated),
         "bf16_losses": bf16_history.history["loss"],
         "bf16_compute_dtype": bf16_model.network.get_layer("init_conv").compute_dtype,
-
+        # Last: it sets (and then unsets) a global distribution.
+        "data_parallel": run_data_parallel_steps(keras, images[:8]),
     }
     (out_dir / "results.json").write_text(json.dumps(results))
 
@@ -100,6 +134,10 @@ if __name__ != "__main__":
     def jax_session(tmp_path_factory):
         out_dir = tmp_path_factory.mktemp("jax")
         env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+        # Two CPU devices for the data-parallel check (the rest runs on the first).
+        env["XLA_FLAGS"] = " ".join(
+            filter(None, [env.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=2"])
+        )
         root = pathlib.Path(__file__).resolve().parents[1]
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         result = subprocess.run(
@@ -155,6 +193,24 @@ if __name__ != "__main__":
         assert results["bf16_compute_dtype"] == "bfloat16"
         assert all(np.isfinite(results["bf16_losses"]))
         assert results["bf16_losses"][-1] < results["bf16_losses"][0]
+
+    @pytest.mark.slow
+    def test_jax_data_parallel_step_on_2_devices_equals_the_step_on_one(jax_session):
+        """`--strategy mirrored` on JAX: keras.distribution.DataParallel over 2 host devices.
+
+        One program over the global batch: the loss is its mean (not a sum over
+        devices) and each device's images get their own slice of the draws, so the
+        update is the one-device update up to float32 round-off.
+        """
+        _, results, _ = jax_session
+        parallel = results["data_parallel"]
+        assert parallel["one_device"]["replicas"] == 1
+        assert parallel["two_devices"]["replicas"] == 2
+        assert parallel["two_devices"]["weight_devices"] == 2  # replicated on both
+        loss_1, loss_2 = parallel["one_device"]["loss"], parallel["two_devices"]["loss"]
+        assert loss_2 == pytest.approx(loss_1, rel=1e-5)
+        assert parallel["update_norm_ratio"] == pytest.approx(1.0, abs=1e-4)  # 2.0 if summed
+        assert parallel["update_error"] < 1e-4
 
     @pytest.mark.slow
     def test_model_trained_with_jax_loads_with_tensorflow(jax_session):

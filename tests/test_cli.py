@@ -160,6 +160,11 @@ def test_train_writes_model_samples_and_history(trained_run):
     model = keras.models.load_model(model_path)
     assert isinstance(model, keras_ddpm.DiffusionModel)
     assert model.T == 20
+    # --precision auto (the default) picks by the hardware, says so, and saves the choice.
+    from keras_ddpm.precision import auto_precision, bfloat16_support
+
+    assert model.dtype_policy.name == auto_precision()
+    assert f"{auto_precision()} by --precision auto ({bfloat16_support()[1]})" in printed
     assert model.image_shape == (32, 32, 3)
 
     history = json.loads(history_path.read_text())

@@ -98,6 +98,27 @@ def test_time_layer_learned_formula():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("embedding", ["learned", "sinusoidal"])
+def test_time_layer_embeds_t_in_float32_under_mixed_bfloat16(embedding):
+    """bfloat16 keeps 8 significant bits: t in [0.5, 1) would take 128 values only.
+
+    The layer computes in float32 and rounds only its output to bfloat16.
+    """
+    t = (np.arange(500, 1001, dtype="float32") / 1000)[:, None]  # t = 500/1000 .. 1000/1000
+    exact = TimeLayer(16, embedding=embedding)
+    exact(t)
+    mixed = TimeLayer(16, embedding=embedding, dtype="mixed_bfloat16")
+    mixed(t)
+    mixed.set_weights(exact.get_weights())
+    assert mixed.compute_dtype == "bfloat16" and mixed.Dense_2.compute_dtype == "float32"
+    out = keras.ops.convert_to_numpy(keras.ops.cast(mixed(t), "float32"))
+    assert mixed(t).dtype == "bfloat16"
+    rounded = keras.ops.cast(keras.ops.cast(exact(t), "bfloat16"), "float32")
+    np.testing.assert_array_equal(out, keras.ops.convert_to_numpy(rounded))
+    assert np.any(out[0] != out[1])  # t = 500/1000 and 501/1000 differ.
+    assert len(np.unique(out, axis=0)) > 450  # 128 or fewer when t was cast to bfloat16.
+
+
 @pytest.mark.parametrize(
     "layer_cls,kwargs,match",
     [

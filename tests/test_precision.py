@@ -4,8 +4,8 @@ import pytest
 import keras
 from keras import ops
 
-from keras_ddpm import DiffusionModel, NaiveUnet
-from keras_ddpm.cli import main
+from keras_ddpm import DiffusionModel, NaiveUnet, precision
+from keras_ddpm.cli import build_parser, common, main
 
 SHAPE = (32, 32, 3)
 
@@ -35,6 +35,14 @@ def test_bfloat16_computes_in_bfloat16_with_float32_weights_output_and_loss():
     noise = model.predict_noise(ops.convert_to_tensor(random_images(2)), ops.array([5, 20]))
     assert noise.dtype == "float32"
     assert model.diffusion_loss(ops.convert_to_tensor(random_images(2))).dtype == "float32"
+
+
+def test_bfloat16_network_tells_neighbouring_timesteps_apart():
+    """t / T reaches the time embedding in float32: 500/1000 and 501/1000 differ."""
+    model = model_under("mixed_bfloat16", T=1000)
+    images = ops.convert_to_tensor(np.repeat(random_images(1), 2, axis=0))
+    noise = ops.convert_to_numpy(model.predict_noise(images, ops.array([500, 501])))
+    assert np.abs(noise[0] - noise[1]).max() > 1e-3  # 0 when t was cast to bfloat16
 
 
 def test_group_normalization_normalises_in_float32_under_bfloat16():
@@ -140,3 +148,60 @@ def test_cli_trains_in_bfloat16_and_samples_with_xla(tmp_path, capsys):
     assert "--precision float32 differs from the --init model's mixed_bfloat16" in (
         capsys.readouterr().err
     )
+
+
+# --- precision="auto" ------------------------------------------------------------------
+
+AMD_ZEN2_FLAGS = "fpu sse2 avx fma avx2 sha_ni"  # AVX2 only.
+INTEL_ICELAKE_FLAGS = "avx2 avx512f avx512bw avx512_vnni"  # AVX-512 without bf16.
+
+
+@pytest.mark.parametrize(
+    "cpu_flags, gpus, expected",
+    [
+        (AMD_ZEN2_FLAGS, [], "float32"),
+        (INTEL_ICELAKE_FLAGS, [], "float32"),
+        (INTEL_ICELAKE_FLAGS + " avx512_bf16", [], "mixed_bfloat16"),  # Zen 4, Cooper Lake
+        (AMD_ZEN2_FLAGS + " amx_bf16 amx_tile", [], "mixed_bfloat16"),  # Sapphire Rapids
+        (AMD_ZEN2_FLAGS, [(8, 0)], "mixed_bfloat16"),  # A100
+        (AMD_ZEN2_FLAGS, ["9.0", "9.0"], "mixed_bfloat16"),  # 2 H100, as JAX spells it
+        (INTEL_ICELAKE_FLAGS + " avx512_bf16", [(7, 0)], "float32"),  # V100: the GPU decides
+        (AMD_ZEN2_FLAGS, [(8, 6), (7, 5)], "float32"),  # one GPU without bf16 units
+        (AMD_ZEN2_FLAGS, [precision.TPU], "mixed_bfloat16"),
+    ],
+)
+def test_auto_precision_picks_bfloat16_only_on_hardware_that_computes_it(cpu_flags, gpus, expected):
+    assert precision.auto_precision(cpu_flags=cpu_flags.split(), gpus=gpus) == expected
+    assert precision.resolve_precision("auto", cpu_flags=cpu_flags.split(), gpus=gpus) == expected
+
+
+def test_cpu_flags_are_read_from_a_cpuinfo_file(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu AVX2 avx512_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu avx2 avx512_bf16\n"
+    )
+    assert precision.read_cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
+    assert precision.read_cpu_flags(tmp_path / "missing") == frozenset()
+    flags = precision.read_cpu_flags(cpuinfo)
+    assert precision.bfloat16_support(cpu_flags=flags, gpus=[]) == (
+        True, "CPU with avx512_bf16"
+    )
+
+
+def test_explicit_precisions_pass_through_and_unknown_ones_are_refused():
+    for name in precision.PRECISIONS:
+        assert precision.resolve_precision(name, cpu_flags=["amx_bf16"], gpus=[]) == name
+    with pytest.raises(ValueError, match="Unknown precision 'bfloat16'"):
+        precision.resolve_precision("bfloat16")
+    # The CLI offers the same choices (it does not import Keras to list them).
+    assert common.PRECISIONS == (precision.AUTO,) + precision.PRECISIONS
+    assert build_parser().parse_args(["train"]).precision == "auto"
+
+
+def test_detection_on_this_machine_agrees_with_its_parts():
+    gpus = precision.local_gpus()
+    assert all(isinstance(gpu, tuple) and len(gpu) == 2 for gpu in gpus)
+    native, reason = precision.bfloat16_support(cpu_flags=precision.read_cpu_flags(), gpus=gpus)
+    assert precision.auto_precision() == ("mixed_bfloat16" if native else "float32")
+    assert ("GPU" in reason) == bool(gpus)

@@ -29,7 +29,8 @@ MAX_MESSAGE_LENGTH = 500
 # Seeds are 0..MAX_SEED; keras_ddpm.generation.MAX_SEED is the same (a test pins it).
 MAX_SEED = 2**31 - 2
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# keras_ddpm.precision.PRECISIONS plus "auto" (that module imports Keras: not here).
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 CLIP_X0_HELP = (
     "clip the predicted clean image to [-1, 1] inside every reverse step, as Ho et al.'s "

@@ -4,7 +4,8 @@
 writes `model.keras`, `samples.png`, `history.json` and a sample grid per epoch
 (`grids/`) to `--out` (the model and the history atomically). With
 `--checkpoint-dir` it backs up every epoch and resumes after a crash;
-`--strategy` trains on several GPUs or machines (tf.distribute). A lock file
+`--strategy` trains on several GPUs or machines (tf.distribute on TensorFlow,
+`keras.distribution` on JAX). A lock file
 keeps a second run off the same `--out` and `--checkpoint-dir`.
 """
 
@@ -209,11 +210,13 @@ def _add_optimization_arguments(train):
     optimization.add_argument(
         "--precision",
         choices=common.PRECISIONS,
-        default=None,
+        default="auto",
         help="Keras dtype policy of a new network: mixed_bfloat16 computes in bfloat16 "
         "with float32 weights, output and loss (faster on GPUs and on CPUs with AVX-512 "
-        "BF16 or AMX, see BENCHMARKS.md), mixed_float16 adds loss scaling (GPUs only); "
-        "sampling uses the same (default: float32, or the --init model's own)",
+        "BF16 or AMX, much slower on other CPUs, see BENCHMARKS.md), mixed_float16 adds "
+        "loss scaling (GPUs only); auto picks mixed_bfloat16 on a GPU of compute "
+        "capability >= 8.0 or a CPU with avx512_bf16 or amx_bf16, float32 elsewhere, and "
+        "keeps the --init model's own; sampling uses the same",
     )
     optimization.add_argument(
         "--jit-compile",
@@ -239,9 +242,11 @@ def _add_checkpoints_and_devices_arguments(train):
         "--strategy",
         choices=("default", "mirrored", "multiworker"),
         default="default",
-        help="tf.distribute strategy: default (one device), mirrored (every local GPU), "
-        "multiworker (several machines, from the TF_CONFIG environment variable; run "
-        "the same command on each)",
+        help="how to train on several devices: default (one device), mirrored (every "
+        "local GPU), multiworker (several machines; run the same command on each); "
+        "tf.distribute on TensorFlow (the cluster from TF_CONFIG), keras.distribution's "
+        "DataParallel on JAX (the cluster from KERAS_DISTRIBUTION_JOB_ADDRESSES, "
+        "_NUM_PROCESSES and _PROCESS_ID)",
     )
 
 
@@ -429,7 +434,7 @@ def _build_model(args, keras, image_shape, num_classes):
     if args.init is not None:
         model = common.load_diffusion_model(args.init)
         saved_precision = model.dtype_policy.name
-        if args.precision is not None and args.precision != saved_precision:
+        if args.precision not in (None, "auto") and args.precision != saved_precision:
             raise common.CommandError(
                 f"--precision {args.precision} differs from the --init model's "
                 f"{saved_precision}; leave --precision out to fine-tune in {saved_precision}"
@@ -440,7 +445,9 @@ def _build_model(args, keras, image_shape, num_classes):
                 f"{args.dataset} gives {image_shape}; pass --image-size to match"
             )
         return model
-    with _dtype_policy(keras, args.precision or "float32"):
+    from keras_ddpm.precision import resolve_precision
+
+    with _dtype_policy(keras, resolve_precision(args.precision or "float32")):
         network = NaiveUnet(
             image_shape,
             n_feat=args.n_feat,
@@ -462,19 +469,26 @@ def _build_model(args, keras, image_shape, num_classes):
 
 def _summary(args, model, image_shape, strategy):
     """The one line that says what is being trained, on what, and how."""
+    from keras_ddpm import distribute
+
     height, width, channels = image_shape
     what = f"Fine-tuning {args.init}" if args.init else f"Training NaiveUnet (n_feat={args.n_feat})"
     classes = f" (classes {', '.join(map(str, args.classes))})" if args.classes else ""
     extras = f", {model.prediction} prediction" if model.prediction != "epsilon" else ""
     if model.num_classes is not None:
         extras += f", conditional on {model.num_classes} classes"
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    policy = model.dtype_policy.name
+    if args.precision == "auto" and not args.init:
+        from keras_ddpm.precision import bfloat16_support
+
+        policy += f" by --precision auto ({bfloat16_support()[1]})"
+    replicas = distribute.num_replicas(strategy)
     devices = f" on {replicas} replicas ({args.strategy} strategy)" if replicas > 1 else ""
     return (
         f"{what}, {model.network.count_params():,} parameters, on {args.dataset}{classes} "
         f"{height}x{width}x{channels} for {args.epochs} epoch(s) "
         f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}{extras}, "
-        f"{model.dtype_policy.name}, XLA {'on' if model.jit_compile else 'off'}){devices}."
+        f"{policy}, XLA {'on' if model.jit_compile else 'off'}){devices}."
     )
 
 
