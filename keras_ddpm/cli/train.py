@@ -371,9 +371,10 @@ def _train(args, out_dir, checkpoint_dir):
     )
     print(_summary(args, model, image_shape, strategy), flush=True)
     with contextlib.ExitStack() as locks:
-        # Every setting is valid: now the folders are made, and held until the end.
+        # Every setting is valid: now the chief makes the folders and holds them until the
+        # end (the other workers of a cluster write only their own checkpoint sub-folder).
         for folder, option in ((out_dir, "--out"), (checkpoint_dir, "--checkpoint-dir")):
-            if folder is not None:
+            if folder is not None and chief:
                 folder.mkdir(parents=True, exist_ok=True)
                 locks.enter_context(_exclusive_lock(folder, option))
         # Sample grids and TensorBoard logs come from the chief alone.
