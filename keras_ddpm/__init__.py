@@ -12,13 +12,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from keras_ddpm.diffusion import DiffusionModel  # noqa: E402
 from keras_ddpm.layers import Conv3Layer, TimeLayer, UnetDownLayer, UnetUpLayer  # noqa: E402
 from keras_ddpm.schedule import ddpm_schedule  # noqa: E402
-from keras_ddpm.unet import NaiveUnet  # noqa: E402
+from keras_ddpm.unet import NaiveUnet, Unet  # noqa: E402
+from keras_ddpm.unet_blocks import AttentionBlock, ResidualBlock  # noqa: E402
 
 __all__ = [
+    "AttentionBlock",
     "Conv3Layer",
     "DiffusionModel",
     "NaiveUnet",
+    "ResidualBlock",
     "TimeLayer",
+    "Unet",
     "UnetDownLayer",
     "UnetUpLayer",
     "ddpm_schedule",
