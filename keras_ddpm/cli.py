@@ -54,6 +54,19 @@ JIT_COMPILE_HELP = (
     "measured slower; the JAX backend always compiles its sampler with XLA)"
 )
 
+# `keras-ddpm train`'s network and recipe (issue 12; chosen on shapes, see README).
+UNET_DEFAULTS = {"widths": (16, 32, 64), "blocks_per_level": 1}
+RECIPE_DEFAULTS = {
+    "schedule": "cosine",
+    "prediction": "v",
+    "lr": 2e-3,
+    "ema": 0.999,
+    "warmup_steps": 100,
+    "lr_decay": "cosine",
+    "clipnorm": 1.0,
+    "loss_weighting": "min_snr",
+}
+
 # Longest error message printed (Keras' loading errors can quote whole configs).
 MAX_MESSAGE_LENGTH = 500
 
@@ -117,6 +130,26 @@ def _name_list(text):
     return [int(name) if name.isdigit() else name for name in names]
 
 
+def _int_list(text):
+    """`"32,64,128"` -> `(32, 64, 128)`; `""` or `"none"` -> `()`."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+
+
+def _optional_number(parse):
+    """`parse`, or None for `"none"` / `"off"`."""
+
+    def parse_or_none(text):
+        return None if text.strip().lower() in ("none", "off") else parse(text)
+
+    parse_or_none.__name__ = parse.__name__
+    return parse_or_none
+
+
 def _label_list(text):
     """argparse type: comma-separated class ids >= 0, e.g. "0,1,2" or "2"."""
     try:
@@ -131,6 +164,14 @@ def _label_list(text):
 
 
 _probability = _number_type(float, 0.0, False, "a number in [0, 1)")
+
+
+def _ema_decay(text):
+    """argparse type: an EMA decay in [0, 1)."""
+    value = _probability(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a decay in [0, 1) or none, got {text!r}")
+    return value
 
 
 def _timestep_list(text):
@@ -173,7 +214,9 @@ def build_parser():
         "train",
         help="train a DDPM on a dataset and save it",
         description=(
-            "Train a NaiveUnet noise predictor in a DiffusionModel with Adam, then write "
+            "Train a Unet (or the lecture's NaiveUnet, --network naive) in a DiffusionModel "
+            "with Adam, warm-up, cosine decay, clipping, Min-SNR weighting and a weight "
+            "average, then write "
             "OUT/model.keras, OUT/samples.png (a grid of samples) and OUT/history.json "
             "(loss per epoch)."
         ),
@@ -241,13 +284,13 @@ def build_parser():
     diffusion.add_argument(
         "--schedule",
         choices=("linear", "cosine"),
-        default="linear",
+        default=RECIPE_DEFAULTS["schedule"],
         help="noise schedule; cosine ignores --beta1 and --beta2",
     )
     diffusion.add_argument(
         "--prediction",
         choices=("epsilon", "v", "x0"),
-        default="epsilon",
+        default=RECIPE_DEFAULTS["prediction"],
         help="what the network predicts: the noise (the lecture's), v or the clean image",
     )
     diffusion.add_argument(
@@ -266,6 +309,44 @@ def build_parser():
 
     network = train.add_argument_group("network")
     network.add_argument(
+        "--network",
+        choices=("unet", "naive"),
+        default="unet",
+        help="unet: keras_ddpm.Unet, residual blocks with attention (--widths, "
+        "--blocks-per-level, --attention-levels, --dropout); naive: the lecture's NaiveUnet "
+        "(--n-feat, --time-embedding)",
+    )
+    network.add_argument(
+        "--widths",
+        metavar="W1,W2,...",
+        type=_int_list,
+        default=UNET_DEFAULTS["widths"],
+        help="unet: channels of each level, multiples of 8; image sizes must be multiples "
+        "of 2**(levels - 1)",
+    )
+    network.add_argument(
+        "--blocks-per-level",
+        metavar="N",
+        type=_positive_int,
+        default=UNET_DEFAULTS["blocks_per_level"],
+        help="unet: residual blocks per level on each side",
+    )
+    network.add_argument(
+        "--attention-levels",
+        metavar="L1,...",
+        type=_int_list,
+        default=None,
+        help="unet: levels (0 = full resolution) with self-attention, or none (default: the "
+        "coarsest)",
+    )
+    network.add_argument(
+        "--dropout",
+        metavar="RATE",
+        type=_probability,
+        default=0.0,
+        help="unet: dropout rate in the residual blocks",
+    )
+    network.add_argument(
         "--init",
         metavar="MODEL.keras",
         default=None,
@@ -278,14 +359,14 @@ def build_parser():
         metavar="N",
         type=_positive_int,
         default=16,
-        help="U-Net width, a multiple of 8 (16 learns shapes on a CPU in minutes; 64-128 for "
-        "CIFAR-10; the lecture uses 512 at 64x64)",
+        help="naive: U-Net width, a multiple of 8 (16 learns shapes on a CPU in minutes; 64-128 "
+        "for CIFAR-10; the lecture uses 512 at 64x64)",
     )
     network.add_argument(
         "--time-embedding",
         choices=("learned", "sinusoidal"),
         default="learned",
-        help="how the U-Net embeds the timestep",
+        help="naive: how the U-Net embeds the timestep",
     )
 
     optimization = train.add_argument_group("optimization")
@@ -308,17 +389,51 @@ def build_parser():
         "--lr",
         metavar="RATE",
         type=_positive_float,
-        default=1e-3,
-        help="Adam learning rate",
+        default=RECIPE_DEFAULTS["lr"],
+        help="Adam's peak learning rate",
     )
     optimization.add_argument(
         "--ema",
-        metavar="MOMENTUM",
-        type=_probability,
-        default=None,
-        help="keep an exponential moving average of the weights with this momentum (e.g. "
-        "0.999; it averages over about 1 / (1 - MOMENTUM) steps, so train for many more); "
-        "the grids and the saved model then use the averaged weights (default: no EMA)",
+        metavar="DECAY",
+        type=_optional_number(_ema_decay),
+        default=RECIPE_DEFAULTS["ema"],
+        help="keep an exponential moving average of the weights with this decay, warmed up "
+        "as min(DECAY, (1 + n) / (10 + n)) at step n; the grids and the saved model use the "
+        "averaged weights; none to train without",
+    )
+    optimization.add_argument(
+        "--warmup-steps",
+        metavar="N",
+        type=_non_negative_int,
+        default=RECIPE_DEFAULTS["warmup_steps"],
+        help="steps of linear learning-rate warm-up from 0 to --lr (at most a fifth of the run)",
+    )
+    optimization.add_argument(
+        "--lr-decay",
+        choices=("cosine", "none"),
+        default=RECIPE_DEFAULTS["lr_decay"],
+        help="after the warm-up: cosine decay to a tenth of --lr at the last step, or none",
+    )
+    optimization.add_argument(
+        "--clipnorm",
+        metavar="NORM",
+        type=_optional_number(_positive_float),
+        default=RECIPE_DEFAULTS["clipnorm"],
+        help="clip the gradients' global norm to this; none to train without clipping",
+    )
+    optimization.add_argument(
+        "--loss-weighting",
+        choices=("min_snr", "none"),
+        default=RECIPE_DEFAULTS["loss_weighting"],
+        help="min_snr: weight each timestep's error by Min-SNR-gamma (Hang et al. 2023); none: "
+        "the lecture's plain mean squared error",
+    )
+    optimization.add_argument(
+        "--min-snr-gamma",
+        metavar="GAMMA",
+        type=_positive_float,
+        default=5.0,
+        help="the SNR cap of --loss-weighting min_snr",
     )
     optimization.add_argument(
         "--seed",
@@ -617,7 +732,6 @@ def train_command(args):
     keras = _import_keras()
     from keras_ddpm import data, distribute, plotting, saving
     from keras_ddpm.diffusion import DiffusionModel
-    from keras_ddpm.unet import NaiveUnet
 
     out_dir = pathlib.Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -650,12 +764,7 @@ def train_command(args):
                 )
         else:
             with _dtype_policy(keras, args.precision or "float32"):
-                network = NaiveUnet(
-                    image_shape,
-                    n_feat=args.n_feat,
-                    time_embedding=args.time_embedding,
-                    num_classes=num_classes,
-                )
+                network = _build_network(args, image_shape, num_classes)
             model = DiffusionModel(
                 network,
                 beta1=args.beta1,
@@ -666,13 +775,10 @@ def train_command(args):
                 num_classes=num_classes,
                 cond_drop_prob=args.cond_drop_prob,
                 seed=args.seed,
+                loss_weighting=None if args.loss_weighting == "none" else args.loss_weighting,
+                min_snr_gamma=args.min_snr_gamma,
+                ema_decay=args.ema,
             )
-        use_ema = args.ema is not None
-        optimizer = keras.optimizers.Adam(
-            args.lr, use_ema=use_ema, ema_momentum=args.ema if use_ema else 0.99
-        )
-        jit_compile = "auto" if args.jit_compile is None else args.jit_compile
-        model.compile(optimizer=optimizer, jit_compile=jit_compile)
     dataset = data.load_dataset(
         args.dataset,
         batch_size=args.batch_size,
@@ -683,8 +789,16 @@ def train_command(args):
         seed=args.seed,
         num_examples=args.num_examples,
     )
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        jit_compile = "auto" if args.jit_compile is None else args.jit_compile
+        model.compile(optimizer=_make_optimizer(args, dataset), jit_compile=jit_compile)
     height, width, channels = image_shape
-    what = f"Fine-tuning {args.init}" if args.init else f"Training NaiveUnet (n_feat={args.n_feat})"
+    if args.init:
+        what = f"Fine-tuning {args.init}"
+    elif args.network == "naive":
+        what = f"Training NaiveUnet (n_feat={args.n_feat})"
+    else:
+        what = f"Training Unet (widths={','.join(map(str, args.widths))})"
     classes = f" (classes {', '.join(map(str, args.classes))})" if args.classes else ""
     extras = f", {model.prediction} prediction" if model.prediction != "epsilon" else ""
     if model.num_classes is not None:
@@ -729,6 +843,40 @@ def train_command(args):
     return paths
 
 
+def _build_network(args, image_shape, num_classes):
+    """The network of a new model: `Unet` or the lecture's `NaiveUnet` (--network)."""
+    from keras_ddpm.unet import NaiveUnet, Unet
+
+    if args.network == "naive":
+        return NaiveUnet(
+            image_shape, n_feat=args.n_feat, time_embedding=args.time_embedding,
+            num_classes=num_classes,
+        )
+    return Unet(
+        image_shape,
+        widths=args.widths,
+        blocks_per_level=args.blocks_per_level,
+        attention_levels=args.attention_levels,
+        dropout=args.dropout,
+        num_classes=num_classes,
+    )
+
+
+def _make_optimizer(args, dataset):
+    """Adam with --lr, --warmup-steps, --lr-decay and --clipnorm over the run's steps."""
+    from keras_ddpm.optimizers import make_optimizer
+
+    steps_per_epoch = int(dataset.cardinality())
+    total_steps = args.epochs * steps_per_epoch if steps_per_epoch > 0 else None
+    warmup_steps = args.warmup_steps if total_steps is None else min(
+        args.warmup_steps, total_steps // 5
+    )
+    return make_optimizer(
+        args.lr, total_steps=total_steps, warmup_steps=warmup_steps, decay=args.lr_decay,
+        clipnorm=args.clipnorm,
+    )
+
+
 @contextlib.contextmanager
 def _dtype_policy(keras, name):
     """Sets Keras' global dtype policy to `name` inside the block, then restores it."""
@@ -741,15 +889,12 @@ def _dtype_policy(keras, name):
 
 
 def _train_callbacks(args, model, out_dir):
-    """Keras callbacks of `keras-ddpm train`: EMA swap, sample grids, TensorBoard."""
+    """Keras callbacks of `keras-ddpm train`: sample grids (averaged weights), TensorBoard."""
     import keras
 
     from keras_ddpm.callbacks import SampleGrid
 
     callbacks = []
-    if args.ema is not None:
-        # Grids (and anything after this callback) see the averaged weights.
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if args.log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=args.log_dir))
     labels = None
@@ -784,8 +929,7 @@ def _sampling_labels(model, labels, n):
 def _fit_resumably(model, dataset, args, chief, callbacks):
     """`model.fit` that stops on a NaN loss and, with --checkpoint-dir, resumes.
 
-    `callbacks` come after the divergence check and the backup, so the backup
-    is written before `SwapEMAWeights` puts the averaged weights in the model.
+    `callbacks` come after the divergence check and the backup.
     Returns the loss history of every epoch, those of an interrupted earlier
     run included.
     """
