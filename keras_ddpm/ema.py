@@ -89,7 +89,8 @@ class WeightAverage(keras.layers.Layer):
                 aggregation="only_first_replica",
                 name=f"average_{index}",
             )
-            average.assign(variable)
+            # A copy: on JAX, two variables sharing a buffer break buffer donation.
+            average.assign(ops.copy(variable.value))
             self.averages.append(average)
         self.updates = self.add_weight(
             shape=(), initializer="zeros", trainable=False,
