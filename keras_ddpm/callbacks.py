@@ -17,6 +17,7 @@ For long runs, `BackupAndRestore` resumes where a killed run stopped and
 """
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -180,6 +181,19 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         """
         return int(self._read_metadata().get("epoch", 0))
 
+    @property
+    def weights_path(self):
+        """The weights file of the last committed checkpoint (None without one).
+
+        Example:
+        >>> BackupAndRestore("runs/checkpoints").weights_path is None
+        True
+        """
+        metadata = self._read_metadata()
+        if not metadata:
+            return None
+        return os.path.join(self.backup_dir, metadata.get("weights", "latest.weights.h5"))
+
     def _read_metadata(self):
         if not os.path.exists(self._training_metadata_path):
             return {}
@@ -195,8 +209,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         rate = self.model.optimizer.learning_rate  # A variable, unless a schedule.
         compiled_rate = rate.numpy() if isinstance(rate, keras.Variable) else None
-        history = self._read_metadata().get("history", {})
-        self.history = {name: list(values) for name, values in history.items()}
+        metadata = self._read_metadata()
+        self._check_settings(metadata.get("settings"))
+        self.history = {name: list(values) for name, values in metadata.get("history", {}).items()}
+        if "weights" in metadata:  # The weights file this metadata committed.
+            self._weights_path = os.path.join(self.backup_dir, metadata["weights"])
+        self._remove_uncommitted_weights()
         try:
             # Keras warns about each part of a mismatched checkpoint: report it once.
             with warnings.catch_warnings(record=True) as caught:
@@ -222,16 +240,60 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         super().on_epoch_end(epoch, logs)
 
     def _save_model(self):
-        """Writes the weights, then the epoch count and history, each atomically."""
+        """Writes a new weights file, then commits it by renaming the metadata over the old.
+
+        The metadata names its weights file, and weights are never overwritten
+        in place: a kill at any moment leaves the previous metadata with the
+        previous weights, or the new with the new, never a mix.
+        """
         os.makedirs(self.backup_dir, exist_ok=True)
-        saving.save_weights(self.model, self._weights_path)
+        name = f"weights-{self._current_epoch:06d}-{self._last_batch_seen:06d}.weights.h5"
+        saving.save_weights(self.model, os.path.join(self.backup_dir, name))
         metadata = {
             "epoch": self._current_epoch,
             "batch": self._last_batch_seen,
+            "weights": name,
+            "settings": _model_settings(self.model),
             "history": self.history,
         }
         with saving.atomic_path(self._training_metadata_path) as temp:
             temp.write_text(json.dumps(metadata))
+        self._weights_path = os.path.join(self.backup_dir, name)
+        self._remove_uncommitted_weights()
+
+    def _remove_uncommitted_weights(self):
+        """Deletes weights files that the metadata does not name (older, or never committed)."""
+        committed = os.path.basename(self._weights_path)
+        for path in glob.glob(os.path.join(glob.escape(self.backup_dir), "weights-*.weights.h5")):
+            if os.path.basename(path) != committed:
+                os.remove(path)
+
+    def _check_settings(self, saved):
+        """Refuses to continue a checkpoint written with other model settings."""
+        current = _model_settings(self.model)
+        if not saved or not current or saved == current:
+            return
+        differ = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+        was = ", ".join(f"{key}={saved.get(key)!r}" for key in differ)
+        now = ", ".join(f"{key}={current.get(key)!r}" for key in differ)
+        raise ValueError(
+            f"The checkpoint in {self.backup_dir!r} was written with {was}, but this run has "
+            f"{now}: resume with the checkpoint's settings, or delete that folder to start over."
+        )
+
+
+def _model_settings(model):
+    """The scalar settings of `model.get_config()` that a resumed run must share (or None)."""
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        return None
+    ignored = {"name", "trainable", "dtype"}
+    return {
+        key: value
+        for key, value in sorted(config.items())
+        if key not in ignored and (value is None or isinstance(value, (bool, int, float, str)))
+    }
 
 
 class TrainingDivergedError(RuntimeError):

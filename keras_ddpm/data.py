@@ -294,6 +294,12 @@ def _check_connection(host, timeout=CONNECTION_TIMEOUT):
         pass
 
 
+def _download_is_mocked(tfds):
+    """True inside `tfds.testing.mock_data`, which replaces TFDS' download with a no-op."""
+    method = tfds.core.DatasetBuilder.download_and_prepare
+    return getattr(method, "__module__", "").startswith("tensorflow_datasets.testing")
+
+
 def _remove_new_paths(paths_before, candidates):
     """Removes each path of `candidates` that exists now but not in `paths_before`."""
     for path in candidates:
@@ -321,6 +327,10 @@ def _prepare_tfds(tfds_name, download_host, data_dir, download):
         raise DatasetNotFoundError(
             f"{where}, and download=False. {_manual_download_hint(tfds_name, data_root)}"
         )
+    if _download_is_mocked(tfds):
+        # `tfds.testing.mock_data`: nothing is downloaded, so no connection is needed.
+        builder.download_and_prepare()
+        return builder
     try:
         _check_connection(download_host)
     except OSError as error:
@@ -476,7 +486,7 @@ def _image_folder_files(folder):
     Images lie either directly in `folder` (one class, named after the folder) or in
     one sub-folder per class (classes are the sorted sub-folder names; images directly
     in `folder` are then ignored). Files that Pillow cannot verify as JPEG or PNG are
-    left out with one warning that counts them.
+    left out with one warning that counts them (each file is decoded once to know).
 
     Returns:
         `(paths, labels, class_names)`: sorted list of str, list of int, tuple of str.
@@ -510,7 +520,9 @@ def _image_folder_files(folder):
         try:
             with Image.open(path) as image:
                 image_format = image.format
-                image.verify()
+                # Decode it all (at reduced size for JPEG): `verify()` passes truncated files.
+                image.draft("RGB", (image.width // 8 + 1, image.height // 8 + 1))
+                image.load()
         except Exception:  # Pillow raises many kinds for broken files
             num_skipped += 1
             continue
@@ -553,9 +565,11 @@ def _load_image_folder(folder, image_size, classes, num_examples):
         lambda path, label: (_decode_image_file(path, image_size), label),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    # A safety net: a file that Pillow verified but TensorFlow cannot decode (e.g. a
-    # truncated JPEG) is dropped instead of stopping training mid-epoch.
-    return dataset.ignore_errors()
+    # Every file was decoded once by Pillow; one that TensorFlow still cannot decode is
+    # dropped, and the known count then fails the epoch with a clear error instead of
+    # training on fewer images unnoticed. The known count also tells Keras the epoch's
+    # length (no false "ran out of data" warning).
+    return dataset.ignore_errors().apply(tf.data.experimental.assert_cardinality(len(paths)))
 
 
 def _is_image_folder(name):
@@ -683,6 +697,7 @@ def load_dataset(
     shuffle=True,
     seed=None,
     num_examples=None,
+    first_epoch=None,
 ):
     """Loads a dataset as batches of float32 images in model space [-1, 1].
 
@@ -722,6 +737,13 @@ def load_dataset(
         num_examples: int or None. For "shapes": examples to generate, before class
             filtering (default 8192 train, 1024 test). Otherwise: keep only the first
             `num_examples` after class filtering (default all), for quick runs.
+        first_epoch: None, or int >= 0. None: a finite dataset, reshuffled on every
+            pass. An int: an endless stream of epochs `first_epoch`, `first_epoch + 1`,
+            ..., each shuffled by `(seed, epoch)` alone and batched on its own, whose
+            `steps_per_epoch` attribute is the number of batches of one epoch; train
+            with `fit(stream, steps_per_epoch=stream.steps_per_epoch)`. A run resumed
+            after k epochs with `first_epoch=k` then sees exactly the batches of an
+            uninterrupted run, whatever iterators Keras makes.
 
     Returns:
         A `tf.data.Dataset` of float32 image batches (B, H, W, C), or of
@@ -754,6 +776,10 @@ def load_dataset(
         )
     elif num_examples <= 0:
         raise ValueError(f"num_examples must be positive, got {num_examples}.")
+    if first_epoch is not None and (
+        isinstance(first_epoch, bool) or not isinstance(first_epoch, int) or first_epoch < 0
+    ):
+        raise ValueError(f"first_epoch must be None or an integer >= 0, got {first_epoch!r}.")
 
     if is_folder:
         dataset = _load_image_folder(os.fspath(name), size, classes, num_examples).cache()
@@ -762,10 +788,18 @@ def load_dataset(
         dataset = info.builder(split, size, class_ids, num_examples, data_dir, download)
         if info.cache:
             dataset = dataset.cache()
+    if first_epoch is not None:
+        return _epoch_stream(dataset, batch_size, with_labels, shuffle, seed, first_epoch)
     if shuffle:
         dataset = dataset.shuffle(
             SHUFFLE_BUFFER_SIZE, seed=seed, reshuffle_each_iteration=True
         )
+    dataset = _to_model_range_batches(dataset, batch_size, with_labels)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _to_model_range_batches(dataset, batch_size, with_labels):
+    """(uint8 image, label) examples -> batches of [-1, 1] images (with labels if asked)."""
     if with_labels:
         dataset = dataset.map(
             lambda image, label: (to_model_range(image), label),
@@ -775,5 +809,33 @@ def load_dataset(
         dataset = dataset.map(
             lambda image, label: to_model_range(image), num_parallel_calls=tf.data.AUTOTUNE
         )
-    dataset = dataset.batch(batch_size, drop_remainder=False)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=False)
+
+
+def _epoch_stream(examples, batch_size, with_labels, shuffle, seed, first_epoch):
+    """Endless batches of epochs first_epoch, first_epoch + 1, ...; see `load_dataset`."""
+    count = int(examples.cardinality())
+    if count < 0:  # Unknown after filtering: one pass counts (and fills the cache).
+        count = int(examples.reduce(0, lambda total, _: total + 1))
+    if count == 0:
+        raise ValueError("The dataset holds no images (after class filtering): nothing to train on.")
+    base_seed = 0 if seed is None else int(seed)
+
+    def epoch_batches(epoch):
+        # The order of an epoch is a stateless function of (seed, epoch) alone, not of
+        # any iterator: the whole (cached) epoch is permuted in one step.
+        epoch_examples = examples
+        if shuffle:
+            order_seed = tf.stack([tf.constant(base_seed, tf.int64), epoch])
+
+            def permute(images, labels):
+                order = tf.random.experimental.stateless_shuffle(tf.range(count), order_seed)
+                return tf.gather(images, order), tf.gather(labels, order)
+
+            epoch_examples = examples.batch(count).map(permute).unbatch()
+        return _to_model_range_batches(epoch_examples, batch_size, with_labels)
+
+    stream = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches)
+    stream = stream.prefetch(tf.data.AUTOTUNE)
+    stream.steps_per_epoch = -(-count // batch_size)
+    return stream

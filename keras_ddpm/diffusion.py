@@ -10,24 +10,27 @@ References:
     arXiv:2006.11239 (2020), Algorithms 1 and 2.
 """
 
-import dataclasses
 import math
+import warnings
 
 import numpy as np
 import keras
 from keras import ops
 
-from keras_ddpm import distribute, sampling
+from keras_ddpm import distribute, generation, sampling
 from keras_ddpm.ema import WeightAverage
 from keras_ddpm.schedule import ddpm_schedule, min_snr_weights
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = sampling.SAMPLERS
 PREDICTIONS = ("epsilon", "v", "x0")
 LOSS_WEIGHTINGS = (None, "min_snr")
 
 # Classifier-free guidance scale used when labels are given without a scale:
 # eps = eps(no class) + w * (eps(class) - eps(no class)).
 DEFAULT_GUIDANCE_SCALE = 2.0
+
+# Seeds are 0..MAX_SEED (TensorFlow's stateless seeds are int32).
+MAX_SEED = 2**31 - 2
 
 
 @keras.saving.register_keras_serializable(package="keras_ddpm")
@@ -134,6 +137,11 @@ class DiffusionModel(keras.Model):
             )
         # Validates gamma for every model, so a bad value fails where it is given.
         self._loss_weights = min_snr_weights(tables["alphabar_t"], min_snr_gamma, prediction)
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+            or not 0 <= seed <= MAX_SEED
+        ):
+            raise ValueError(f"seed must be None or an integer in 0..{MAX_SEED}, got {seed!r}.")
         self.network = network
         self.beta1 = float(beta1)
         self.beta2 = float(beta2)
@@ -155,8 +163,10 @@ class DiffusionModel(keras.Model):
         # Derived from the scalars once; the config stores only the scalars.
         self._tables = tables
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # The fixed seed of the training draws, folded with the step count.
+        self._step_seed = [int(seed if seed is not None else np.random.randint(2**31 - 1)), 1]
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._reverse_segments = {}  # Compiled sampling loops, by static options.
+        self._reverse_processes = {}  # generation.ReverseProcess, by (guided, jit).
         # The network is built; fit never calls this model, so say so here or
         # saving drops the optimizer state.
         self.built = True
@@ -215,10 +225,7 @@ class DiffusionModel(keras.Model):
             t, 0, self.T, f"t must hold integer timesteps in 0..T=0..{self.T}",
             "For t in [0, 1] multiply by model.T and round",
         )
-        tables = self.tables
-        signal_rates = sampling.gather(tables["sqrtab"], t)
-        noise_rates = sampling.gather(tables["sqrtmab"], t)
-        return signal_rates * images + noise_rates * noises
+        return sampling.add_noise(images, t, noises, self.tables)
 
     def _check_images(self, images):
         shape = tuple(images.shape[1:])
@@ -231,11 +238,11 @@ class DiffusionModel(keras.Model):
                 "with the data's image shape, or resize the data."
             )
 
-    def diffusion_loss(self, images, labels=None, training=False):
+    def diffusion_loss(self, images, labels=None, training=False, draws=None):
         """The lecture's loss on a batch of clean images: MSE(eps, eps_theta).
 
         Draws t uniformly in 1..T and eps ~ N(0, I) for every image
-        (`_training_draws`), noises the images with `q_sample` and compares
+        (`training_draws`), noises the images with `q_sample` and compares
         the network's prediction with its target: eps (the lecture's), v or
         x0 as `prediction` says, each image's error weighted by its
         timestep's weight when `loss_weighting="min_snr"`. A conditional model replaces each label by
@@ -247,6 +254,8 @@ class DiffusionModel(keras.Model):
                 0..num_classes-1 (required by conditional models, ignored by
                 unconditional ones).
             training: bool. Passed to the network.
+            draws: `(t, noises)` or None. The timesteps and noise to use
+                instead of the model's own draws (e.g. to check the loss).
 
         Returns:
             A float32 scalar.
@@ -256,12 +265,15 @@ class DiffusionModel(keras.Model):
         """
         self._check_images(images)
         images = ops.cast(images, "float32")
-        t, noises = self._training_draws(ops.shape(images))
+        # Training draws follow the optimizer's step count, so a resumed run
+        # draws exactly what an uninterrupted one would have.
+        step = self.optimizer.iterations if training and getattr(self, "optimizer", None) else None
+        t, noises = draws if draws is not None else self.training_draws(ops.shape(images), step)
         noisy_images = self.q_sample(images, t, noises)
         if self.num_classes is None:
             labels = None
         else:
-            labels = self._drop_labels(self._check_training_labels(labels))
+            labels = self._drop_labels(self._check_training_labels(labels), step)
         outputs = ops.cast(self.network_output(noisy_images, t, labels, training), "float32")
         errors = ops.square(self.prediction_target(images, noises, t) - outputs)
         if self.loss_weighting is None:
@@ -312,26 +324,36 @@ class DiffusionModel(keras.Model):
                 labels = tf.identity(labels)
         return labels
 
-    def _drop_labels(self, labels):
+    def _drop_labels(self, labels, step=None):
         """Replace each label by "no class" (num_classes) with prob. cond_drop_prob."""
         if self.cond_drop_prob == 0:
             return labels
         if keras.backend.backend() == "tensorflow":  # Each replica drops its own labels.
             import tensorflow as tf
 
-            draws = tf.random.stateless_uniform(tf.shape(labels), self._replica_seed())
+            seed = tf.random.experimental.stateless_fold_in(self._replica_seed(step), 7)
+            draws = tf.random.stateless_uniform(tf.shape(labels), seed)
         else:
             draws = keras.random.uniform(ops.shape(labels), seed=self.seed_generator)
         return ops.where(draws < self.cond_drop_prob, self.num_classes, labels)
 
-    def _training_draws(self, image_shape):
+    def training_draws(self, image_shape, step=None):
         """Timesteps t ~ U{1..T} `(batch,)` and noise eps ~ N(0, I) for a batch.
 
-        On TensorFlow the draws are stateless: the seed generator's next seed
-        (the same on every replica) is folded with the replica's id in its
-        `tf.distribute` strategy, so each replica draws its own t and eps, and
-        with the optimizer's step count, so a run resumed from a checkpoint
-        (the generator restarts) does not repeat its first steps' draws.
+        `diffusion_loss` calls this for every batch: a subclass may override it
+        to train on draws of its own.
+
+        On TensorFlow the draws are stateless: a seed (the same on every
+        replica) is folded with the replica's id in its `tf.distribute`
+        strategy, so each replica draws its own t and eps. In training (`step`,
+        the optimizer's step count, given) that seed is the model's seed folded
+        with `step`, so the draws of step k are the same whether or not the run
+        was resumed from a checkpoint; otherwise the seed generator's next seed.
+
+        Example:
+        >>> t, noises = model.training_draws((4, 32, 32, 3))
+        >>> tuple(t.shape), tuple(noises.shape)
+        ((4,), (4, 32, 32, 3))
         """
         if keras.backend.backend() != "tensorflow":
             t = keras.random.randint(
@@ -341,7 +363,7 @@ class DiffusionModel(keras.Model):
             return t, noises
         import tensorflow as tf
 
-        seed = self._replica_seed()
+        seed = self._replica_seed(step)
         t_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         t = tf.random.stateless_uniform(
             image_shape[:1], t_seed, minval=1, maxval=self.T + 1, dtype="int32"
@@ -349,22 +371,25 @@ class DiffusionModel(keras.Model):
         noises = tf.random.stateless_normal(image_shape, noise_seed)
         return t, noises
 
-    def _replica_seed(self):
+    def _replica_seed(self, step=None):
         """TensorFlow: a stateless seed of this step, different on every replica.
 
-        The seed generator's next seed (the same on every replica) folded with
-        the replica id and the optimizer's step count (see `_training_draws`).
+        The model's fixed seed folded with `step` (training), or the seed
+        generator's next seed; then folded with the replica id.
         """
         import tensorflow as tf
 
-        seed = self.seed_generator.next()
+        if step is None:
+            seed = self.seed_generator.next()
+        else:
+            seed = tf.random.experimental.stateless_fold_in(
+                tf.constant(self._step_seed, "int32"), tf.cast(step, "int64")
+            )
         replica_context = tf.distribute.get_replica_context()
         if replica_context is not None:  # None in a cross-replica context.
             seed = tf.random.experimental.stateless_fold_in(
                 seed, replica_context.replica_id_in_sync_group
             )
-        if getattr(self, "optimizer", None) is not None:
-            seed = tf.random.experimental.stateless_fold_in(seed, self.optimizer.iterations)
         return seed
 
     @staticmethod
@@ -386,6 +411,7 @@ class DiffusionModel(keras.Model):
         """
         if type(x).__module__.startswith("tensorflow") and len(args) < 7:
             kwargs.setdefault("shuffle", False)
+        _warn_if_not_model_range(_first_images(x))
         if self.weight_average is None:
             return super().fit(x, *args, **kwargs)
         # Train the training weights; end with the averages in the network.
@@ -597,42 +623,27 @@ class DiffusionModel(keras.Model):
             sampling.gather(self.tables["sqrtmab"], t), pred_noises.dtype
         )
 
-    def _segment_function(self, options):
-        """The compiled loop over a range of steps, traced once per set of options."""
-        if options not in self._reverse_segments:
-            tables = {k: ops.convert_to_tensor(v) for k, v in self.tables.items()}
-            sampler, clip_x0, variance, guided, inpainting, resample = options
+    def _reverse_process(self, guided):
+        """The `generation.ReverseProcess` of this model (guided or not), cached.
 
-            def segment(x, timesteps, prev_timesteps, seed, start, stop, eta, conditions):
-                labels = conditions["labels"] if self.num_classes is not None else None
-                scale = conditions["guidance_scale"] if guided else None
+        Its denoising function is `predict_noise` with the run's labels and
+        guidance scale; the compiled loops it holds follow the model's
+        `jit_compile` setting (XLA on TensorFlow when True).
+        """
+        jit = self.jit_compile if isinstance(self.jit_compile, bool) else False
+        key = (guided, jit)
+        if key not in self._reverse_processes:
+            conditional = self.num_classes is not None
 
-                def denoise(x_t, t):
-                    return self.predict_noise(x_t, t, labels, scale)
-
-                return sampling.run_reverse_loop(
-                    denoise,
-                    x,
-                    timesteps,
-                    prev_timesteps,
-                    seed,
-                    tables,
-                    start,
-                    stop,
-                    sampler=sampler,
-                    eta=eta,
-                    clip_x0=clip_x0,
-                    variance=variance,
-                    known=conditions["known"] if inpainting else None,
-                    mask=conditions["mask"] if inpainting else None,
-                    resample=resample,
+            def denoise(x_t, t, labels, guidance_scale):
+                return self.predict_noise(
+                    x_t, t, labels if conditional else None, guidance_scale if guided else None
                 )
 
-            jit = self.jit_compile if isinstance(self.jit_compile, bool) else False
-            self._reverse_segments[options] = sampling.compile_function(
-                segment, jit, variables=self.network.variables
+            self._reverse_processes[key] = generation.ReverseProcess(
+                denoise, self.image_shape, self.tables, self.network.variables, jit
             )
-        return self._reverse_segments[options]
+        return self._reverse_processes[key]
 
     def sample(
         self,
@@ -647,26 +658,33 @@ class DiffusionModel(keras.Model):
         verbose="auto",
         labels=None,
         guidance_scale=None,
+        spacing=None,
     ):
         """Generate `n` images by reverse diffusion from pure noise.
 
         With `steps=None` (or `steps=T`) this is the lecture's ancestral DDPM
         sampler over all T steps; with fewer steps it is strided DDIM
-        (Song et al. 2020). The whole loop is compiled (no host round trip per
-        step). Returns raw float32 images in model space (about [-1, 1]); use
+        (Song et al. 2020) unless `sampler` names another: DPM-Solver++
+        (`"dpm++"`, `"dpm++3m"`), Heun or Euler on Karras noise levels
+        (`"heun"`, `"euler"`), or a sampler object of `keras_ddpm.sampling`.
+        The whole loop is compiled (no host round trip per step). Returns raw
+        float32 images in model space (about [-1, 1]); use
         `keras_ddpm.plotting.to_uint8` to display them.
 
         Args:
             n: int. Number of images, > 0.
-            steps: int or None. Number of reverse steps, in 1..T.
-            eta: float. DDIM stochasticity (0 is deterministic DDIM).
-            seed: int or None. The same seed gives the same images, also
-                after saving and reloading the model.
-            sampler: str or None. `"ddpm"` or `"ddim"`; by default DDPM for
-                T steps and DDIM for fewer.
+            steps: int or None. Number of reverse steps, in 1..T (Heun
+                evaluates the network 2 steps - 1 times).
+            eta: float in [0, 1]. DDIM stochasticity (0 is deterministic DDIM).
+            seed: int in 0..2**31 - 2, or None. The same seed gives the same
+                images, also after saving and reloading the model.
+            sampler: str, sampler object or None. One of
+                `keras_ddpm.sampling.SAMPLERS`, e.g. `"ddpm"`, `"ddim"`,
+                `"dpm++"`, `"heun"`; by default DDPM for T steps and DDIM for
+                fewer.
             clip_x0: bool or None. Clip the predicted clean image to [-1, 1]
                 inside each step. Default: off for DDPM (the lecture's exact
-                formula), on for DDIM.
+                formula), on for the others.
             frames: iterable of int or None. Timesteps at which to keep the
                 intermediate images (the lecture shows 1000, 200, 50, 0);
                 each is recorded at the first sampled timestep <= it.
@@ -683,20 +701,38 @@ class DiffusionModel(keras.Model):
             guidance_scale: float or None. Classifier-free guidance scale w
                 (see `predict_noise`); default `DEFAULT_GUIDANCE_SCALE` when
                 labels are given.
+            spacing: str or None. Timestep spacing of the strided samplers,
+                one of `keras_ddpm.sampling.SPACINGS` (None: the sampler's
+                default, `"trailing"` for DDIM, today's timesteps).
 
         Returns:
             A float32 NumPy array `(n, H, W, C)`, or `(images, frames_dict)`
             when `frames` is given, `frames_dict` mapping each requested t to
-            an array `(n, H, W, C)`.
+            an array `(n, H, W, C)`; its `sampled` attribute maps each
+            requested t to the timestep actually sampled.
 
         Example:
         >>> images = model.sample(4, steps=50, seed=0, verbose=0)
+        >>> images = model.sample(4, steps=20, sampler="dpm++", seed=0)
         >>> images, frames = model.sample(1, seed=0, frames=[1000, 200, 50, 0])
         """
         _check_count("n", n)
-        plan = self._plan(steps, eta, sampler, clip_x0, frames, verbose, labels, guidance_scale)
-        conditions = self._conditions(n, labels, plan.guidance_scale)
-        return self._generate(n, plan, conditions, seed, batch_size, frames is not None)
+        steps = self.T if steps is None else steps
+        sampling.check_steps(steps, self.T)
+        sampler = self._sampler(sampler, steps, eta, clip_x0)
+        plan = generation.make_plan(sampler, self.tables, steps, spacing, frames, verbose)
+        conditions, guided = self._conditions(n, labels, guidance_scale)
+        process = self._reverse_process(guided)
+        return process.run(n, sampler, plan, seed, conditions, batch_size)
+
+    def _sampler(self, sampler, steps, eta, clip_x0):
+        """The sampler object for `sample`'s arguments (see `sampling.get_sampler`)."""
+        if sampler is None:
+            sampler = "ddpm" if steps == self.T else "ddim"
+        if clip_x0 is not None:
+            clip_x0 = sampling.check_bool("clip_x0", clip_x0)
+        eta = sampling.check_eta(eta)
+        return sampling.get_sampler(sampler, eta, clip_x0, self.variance)
 
     def inpaint(
         self,
@@ -712,6 +748,7 @@ class DiffusionModel(keras.Model):
         verbose="auto",
         labels=None,
         guidance_scale=None,
+        spacing=None,
     ):
         """Regenerate the pixels of `images` where `mask` is 0; keep the rest.
 
@@ -721,7 +758,8 @@ class DiffusionModel(keras.Model):
         context. `resample > 1` repeats each step that many times, going back
         one step by forward diffusion in between, which harmonises the two
         regions at the cost of `resample` times the network calls. The known
-        pixels of the result are exactly those of `images`.
+        pixels of the result are exactly those of `images`. Works with any
+        sampler (`generation.repaint` wraps its step).
 
         Args:
             images: array `(n, H, W, C)` in [-1, 1]. The images to complete.
@@ -731,7 +769,7 @@ class DiffusionModel(keras.Model):
             seed: int or None. Same seed, same result.
             resample: int >= 1. RePaint's number of resamplings per step.
             eta, sampler, clip_x0, batch_size, verbose, labels,
-                guidance_scale: as in `sample`.
+                guidance_scale, spacing: as in `sample`.
 
         Returns:
             A float32 NumPy array `(n, H, W, C)`.
@@ -751,63 +789,19 @@ class DiffusionModel(keras.Model):
         if isinstance(resample, bool) or not isinstance(resample, (int, np.integer)) or resample < 1:
             raise ValueError(f"resample must be an integer >= 1, got {resample!r}.")
         n = len(images)
-        plan = self._plan(
-            steps, eta, sampler, clip_x0, None, verbose, labels, guidance_scale,
-            inpainting=True, resample=int(resample),
+        steps = self.T if steps is None else steps
+        sampling.check_steps(steps, self.T)
+        sampler = self._sampler(sampler, steps, eta, clip_x0)
+        plan = generation.make_plan(
+            sampler, self.tables, steps, spacing, None, verbose, repeats=int(resample)
         )
-        conditions = self._conditions(n, labels, plan.guidance_scale)
-        conditions["known"], conditions["mask"] = images, mask
-        completed = self._generate(n, plan, conditions, seed, batch_size, False)
+        conditions, guided = self._conditions(n, labels, guidance_scale)
+        process = self._reverse_process(guided)
+        completed = process.run(
+            n, sampler, plan, seed, conditions, batch_size, (images, mask, int(resample))
+        )
         # The known pixels are the input's, bit for bit.
         return np.where(mask > 0, images, completed)
-
-    def _plan(
-        self, steps, eta, sampler, clip_x0, frames, verbose, labels, guidance_scale,
-        inpainting=False, resample=1,
-    ):
-        """Check the sampling arguments; return the `_SamplingPlan` they describe."""
-        if steps is None:
-            steps = self.T
-        sampling.check_steps(steps, self.T)
-        if sampler is None:
-            sampler = "ddpm" if steps == self.T else "ddim"
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
-        if sampler == "ddpm" and steps != self.T:
-            raise ValueError(
-                f"The ancestral DDPM sampler runs all T={self.T} steps; got "
-                f"steps={steps}. Use sampler='ddim' (eta=1.0 is the stochastic "
-                "strided equivalent)."
-            )
-        if clip_x0 is None:
-            clip_x0 = sampler == "ddim"
-        frame_times = sorted({int(t) for t in frames}, reverse=True) if frames is not None else []
-        if any(not 0 <= t <= self.T for t in frame_times):
-            raise ValueError(f"frames must be timesteps in 0..{self.T}, got {frames!r}.")
-        if verbose == "auto":
-            verbose = 1 if steps * resample > 100 else 0
-        if sampler == "ddpm":
-            timesteps, prev_timesteps = sampling.ddpm_timesteps(self.T)
-        else:
-            timesteps, prev_timesteps = sampling.strided_timesteps(self.T, steps)
-        scale = self._guidance_scale(labels, guidance_scale)
-        return _SamplingPlan(
-            timesteps=timesteps,
-            prev_timesteps=prev_timesteps,
-            boundaries=_segment_boundaries(prev_timesteps, frame_times, verbose),
-            frame_times=frame_times,
-            eta=float(eta),
-            verbose=bool(verbose),
-            guidance_scale=scale,
-            options=(
-                sampler,
-                bool(clip_x0),
-                self.variance,
-                scale not in (None, 0.0, 1.0),  # Two network passes per step.
-                inpainting,
-                resample,
-            ),
-        )
 
     def _guidance_scale(self, labels, guidance_scale):
         """The guidance scale to use, None for a single conditional pass."""
@@ -824,20 +818,24 @@ class DiffusionModel(keras.Model):
             guidance_scale = DEFAULT_GUIDANCE_SCALE
         return guidance_scale
 
-    def _conditions(self, n, labels, scale):
-        """Per-image labels `(n,)` (checked) and the plan's guidance scale, as arrays."""
+    def _conditions(self, n, labels, guidance_scale):
+        """`(conditions, guided)`: per-image labels `(n,)` and the guidance scale, as arrays.
+
+        `guided` says whether a step needs two network passes (a scale other
+        than None, 0 and 1).
+        """
+        scale = self._guidance_scale(labels, guidance_scale)
         if labels is None:
             label_array = np.full((n,), self.num_classes or 0, np.int32)
         else:
             label_array = self._check_labels(labels, n)
         if scale == 0.0:  # Unconditional: the "no class" id for all.
             label_array = np.full((n,), self.num_classes, np.int32)
-        return {
+        conditions = {
             "labels": label_array,
             "guidance_scale": np.float32(1.0 if scale is None else scale),
-            "known": np.zeros((1,), np.float32),
-            "mask": np.zeros((1,), np.float32),
         }
+        return conditions, scale not in (None, 0.0, 1.0)
 
     def _check_labels(self, labels, n):
         """`labels` as an int32 array `(n,)` of class ids, or a clear ValueError."""
@@ -863,67 +861,6 @@ class DiffusionModel(keras.Model):
                 f"num_classes={self.num_classes}), got {sorted(set(array.tolist()))}."
             )
         return array.astype(np.int32)
-
-    def _generate(self, n, plan, conditions, seed, batch_size, with_frames):
-        """Run `plan` for `n` images in chunks of `batch_size`; see `sample`."""
-        if batch_size is None:
-            batch_size = n
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
-        steps = len(plan.timesteps)
-        chunks, frame_chunks = [], {t: [] for t in plan.frame_times}
-        progbar = (
-            keras.utils.Progbar(math.ceil(n / batch_size) * steps) if plan.verbose else None
-        )
-        inpainting = plan.options[4]
-        per_image = ("labels", "known", "mask") if inpainting else ("labels",)
-        for chunk_index, chunk_start in enumerate(range(0, n, batch_size)):
-            chunk = slice(chunk_start, min(chunk_start + batch_size, n))
-            chunk_conditions = {
-                key: value[chunk] if key in per_image else value
-                for key, value in conditions.items()
-            }
-            # Chunk k draws from seeds (seed + j, k * (steps + 1) + 0..steps).
-            base_seed = np.array([seed % (2**31 - 1), chunk_index * (steps + 1)], np.int32)
-            images, chunk_frames = self._sample_chunk(
-                chunk.stop - chunk.start, base_seed, plan, chunk_conditions, progbar
-            )
-            chunks.append(images)
-            for t in plan.frame_times:
-                frame_chunks[t].append(chunk_frames[t])
-        images = np.concatenate(chunks, axis=0)
-        if not with_frames:
-            return images
-        return images, {t: np.concatenate(frame_chunks[t], axis=0) for t in plan.frame_times}
-
-    def _sample_chunk(self, n, base_seed, plan, conditions, progbar):
-        """Sample `n` images: x_T from `base_seed`, step i's noise from base + (k, 1 + i)."""
-        x = sampling.stateless_normal((n,) + self.image_shape, ops.convert_to_tensor(base_seed))
-        segment = self._segment_function(plan.options)
-        conditions = {key: ops.convert_to_tensor(value) for key, value in conditions.items()}
-        recorded = {t: ops.convert_to_numpy(x) for t in plan.frame_times if t >= plan.timesteps[0]}
-        start = 0
-        for stop in plan.boundaries:
-            x = segment(
-                x,
-                ops.convert_to_tensor(plan.timesteps),
-                ops.convert_to_tensor(plan.prev_timesteps),
-                ops.convert_to_tensor(base_seed + np.array([0, 1], np.int32)),
-                ops.convert_to_tensor(start, "int32"),
-                ops.convert_to_tensor(stop, "int32"),
-                ops.convert_to_tensor(plan.eta, "float32"),
-                conditions,
-            )
-            landed = int(plan.prev_timesteps[stop - 1])
-            for t in plan.frame_times:
-                if t not in recorded and landed <= t:
-                    recorded[t] = ops.convert_to_numpy(x)
-            if progbar is not None:
-                progbar.add(stop - start)
-            start = stop
-        return ops.convert_to_numpy(x).astype(np.float32), recorded
 
     # ----------------------------------------------------------- serialization
     def get_config(self):
@@ -953,6 +890,36 @@ class DiffusionModel(keras.Model):
         return cls(**config)
 
 
+def _first_images(x):
+    """The images of the first batch of `fit`'s `x` (array or tf.data), or None."""
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.startswith("tensorflow") and hasattr(x, "take"):
+        for batch in x.take(1):
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            return np.asarray(images)
+    return None
+
+
+def _warn_if_not_model_range(images):
+    """Warns when training images are not in [-1, 1], the range the model assumes."""
+    if images is None or images.size == 0 or not np.issubdtype(images.dtype, np.number):
+        return
+    low, high = float(np.min(images)), float(np.max(images))
+    if low < -1.001 or high > 1.001:
+        fix = "divide uint8 images by 127.5 and subtract 1" if high > 2 else "rescale them"
+        message = f"lie in [{low:g}, {high:g}], outside [-1, 1]: {fix}"
+    elif low >= 0 and high <= 1 and images.dtype.kind == "f" and high > 0:
+        message = f"lie in [{low:g}, {high:g}], which looks like [0, 1]: use images * 2 - 1"
+    else:
+        return
+    warnings.warn(
+        f"The first training batch's images {message} (keras_ddpm.data.to_model_range "
+        "converts uint8). DiffusionModel assumes images in [-1, 1].",
+        stacklevel=3,
+    )
+
+
 def _check_known_values(values, low, high, what, fix):
     """Raise a ValueError if `values` are known now (eager) and outside [low, high].
 
@@ -964,21 +931,6 @@ def _check_known_values(values, low, high, what, fix):
         return
     if array.size and not (array.min() >= low and array.max() <= high):
         raise ValueError(f"{what}; got values from {array.min():g} to {array.max():g}. {fix}.")
-
-
-@dataclasses.dataclass(frozen=True)
-class _SamplingPlan:
-    """What one `sample` call runs: the timesteps, where to stop, the options."""
-
-    timesteps: np.ndarray  # Current timestep of each step.
-    prev_timesteps: np.ndarray  # Timestep each step lands on.
-    boundaries: list  # End index of each compiled segment.
-    frame_times: list  # Requested frame timesteps, descending.
-    eta: float
-    verbose: bool
-    guidance_scale: float  # None without labels; see `_guidance_scale`.
-    # (sampler, clip_x0, variance, guided, inpainting, resample): fixed at trace time.
-    options: tuple
 
 
 def _check_count(name, value):
@@ -1021,21 +973,3 @@ def _broadcast_mask(mask, shape):
     if not np.all((mask == 0) | (mask == 1)):
         raise ValueError("mask must hold only 0 (generate) and 1 (keep) values.")
     return mask.astype(np.float32)
-
-
-def _segment_boundaries(prev_timesteps, frame_times, verbose, progress_segments=20):
-    """End indices of the compiled loop's segments.
-
-    The loop returns to Python only to record a requested frame or to update
-    the progress bar (about `progress_segments` times per run).
-    """
-    steps = len(prev_timesteps)
-    boundaries = {steps}
-    for t in frame_times:
-        reached = np.nonzero(prev_timesteps <= t)[0]
-        if len(reached):
-            boundaries.add(int(reached[0]) + 1)
-    if verbose:
-        stride = max(1, math.ceil(steps / progress_segments))
-        boundaries.update(range(stride, steps, stride))
-    return sorted(boundaries)

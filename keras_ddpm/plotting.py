@@ -175,6 +175,8 @@ def plot_frames(frames, index=0):
     Args:
         frames: dict of timestep t (int) to a batch of images (N, H, W, C), model
             space [-1, 1] or uint8. Shown with t descending, so noise comes first.
+            The frames of `DiffusionModel.sample` say in `frames.sampled` at
+            which timestep each was actually recorded: the titles show that one.
         index: int. Which image of each batch to show.
 
     Returns:
@@ -189,9 +191,10 @@ def plot_frames(frames, index=0):
     timesteps = sorted(frames, reverse=True)
     figure = Figure(figsize=(PANEL_INCHES * len(timesteps), PANEL_INCHES + 0.4))
     all_axes = figure.subplots(1, len(timesteps), squeeze=False)[0]
+    sampled = getattr(frames, "sampled", {})
     for axes, timestep in zip(all_axes, timesteps):
         _show_image(axes, to_uint8(frames[timestep])[index])
-        axes.set_title(f"t = {timestep}")
+        axes.set_title(f"t = {sampled.get(timestep, timestep)}")
     figure.tight_layout()
     return figure
 

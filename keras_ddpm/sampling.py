@@ -16,6 +16,8 @@ References:
     arXiv:2010.02502 (2020), eq. (12).
 """
 
+import dataclasses
+
 import numpy as np
 import keras
 from keras import ops
@@ -36,7 +38,7 @@ def gather(table, t, ndim=4):
 
     Example:
     >>> sched = ddpm_schedule(1e-4, 0.02, 1000)
-    >>> gather(sched["sqrtab"], keras.ops.array([1, 1000])).shape
+    >>> tuple(gather(sched["sqrtab"], keras.ops.array([1, 1000])).shape)
     (2, 1, 1, 1)
     """
     values = ops.take(ops.convert_to_tensor(table), ops.cast(t, "int32"), axis=0)
@@ -125,7 +127,7 @@ def ddpm_step(pred_noises, x_t, t, schedule, noise, variance="beta", clip_x0=Fal
     Example:
     >>> sched = ddpm_schedule(1e-4, 0.02, 10)
     >>> x = keras.ops.ones((1, 2, 2, 1))
-    >>> ddpm_step(x * 0, x, keras.ops.array([1]), sched, x).shape
+    >>> tuple(ddpm_step(x * 0, x, keras.ops.array([1]), sched, x).shape)
     (1, 2, 2, 1)
     """
     if clip_x0:
@@ -147,7 +149,7 @@ def predict_x0(pred_noises, x_t, t, schedule):
     Example:
     >>> sched = ddpm_schedule(1e-4, 0.02, 10)
     >>> x = keras.ops.ones((1, 2, 2, 1))
-    >>> predict_x0(x * 0, x, keras.ops.array([1]), sched).shape
+    >>> tuple(predict_x0(x * 0, x, keras.ops.array([1]), sched).shape)
     (1, 2, 2, 1)
     """
     return (x_t - gather(schedule["sqrtmab"], t) * pred_noises) / gather(
@@ -201,7 +203,7 @@ def ddim_step(pred_noises, x_t, t, prev_t, schedule, noise, eta=0.0, clip_x0=Tru
     Example:
     >>> sched = ddpm_schedule(1e-4, 0.02, 10)
     >>> x = keras.ops.ones((1, 2, 2, 1))
-    >>> ddim_step(x * 0, x, keras.ops.array([5]), keras.ops.array([0]), sched, x).shape
+    >>> tuple(ddim_step(x * 0, x, keras.ops.array([5]), keras.ops.array([0]), sched, x).shape)
     (1, 2, 2, 1)
     """
     alphabar = schedule["alphabar_t"]
@@ -230,7 +232,7 @@ def stateless_normal(shape, seed, dtype="float32"):
     `keras.random` needs a `SeedGenerator` (a variable) instead.
 
     Example:
-    >>> stateless_normal((2, 3), keras.ops.array([7, 0], "int32")).shape
+    >>> tuple(stateless_normal((2, 3), keras.ops.array([7, 0], "int32")).shape)
     (2, 3)
     """
     backend = keras.backend.backend()
@@ -305,107 +307,467 @@ def compile_function(fn, jit_compile=False, variables=()):
     return fn
 
 
-def run_reverse_loop(
-    denoise_fn,
-    x_start,
-    timesteps,
-    prev_timesteps,
-    seed,
-    schedule,
-    start,
-    stop,
-    sampler="ddpm",
-    eta=0.0,
-    clip_x0=False,
-    variance="beta",
-    known=None,
-    mask=None,
-    resample=1,
-):
-    """Run steps `start..stop-1` of a reverse trajectory in one `fori_loop`.
+def add_noise(images, t, noises, schedule):
+    """Forward diffusion in one jump, x_t = sqrtab[t] x0 + sqrtmab[t] eps (eq. (4) of Ho et al.).
 
-    With `known` and `mask` this is inpainting as in RePaint (Lugmayr et al.
-    2022): after each step the pixels where `mask` is 1 are replaced by the
-    known image noised to the step's target timestep, so the generated pixels
-    (mask 0) are denoised in the context of the known ones. With
-    `resample=r > 1` each step is repeated r times, going back from `prev_t`
-    to `t` by forward diffusion, q(x_t | x_prev) = N(sqrt(ab_t / ab_prev)
-    x_prev, (1 - ab_t / ab_prev) I), between repetitions, which lets the two
-    regions agree.
+    The one forward-noising formula of the package: training, RePaint and the
+    plots all call it.
 
     Args:
-        denoise_fn: callable `(x_t, t) -> pred_noises`, `t` an int tensor
-            `(batch,)`.
-        x_start: tensor `(batch, H, W, C)`. Images at `timesteps[start]`.
-        timesteps: int tensor `(steps,)`. Current timestep of each step.
-        prev_timesteps: int tensor `(steps,)`. Timestep each step lands on.
-        seed: int32 tensor `(2,)`; step `i` draws its k-th noise from
-            `(seed[0] + k, seed[1] + i)` (k = 0 is the step's own noise).
-        schedule: dict of tables (tensors or arrays) from `ddpm_schedule`.
-        start: int tensor. First step index.
-        stop: int tensor. One past the last step index.
-        sampler: str. `"ddpm"` (ancestral) or `"ddim"`.
-        eta: float. DDIM stochasticity.
-        clip_x0: bool. Clip the predicted clean image to [-1, 1].
-        variance: str. DDPM: `"beta"` or `"posterior"`.
-        known: tensor like `x_start` or None. Clean known images (inpainting).
-        mask: tensor broadcastable to `x_start` or None. 1 where `known` is
-            kept, 0 where pixels are generated.
-        resample: int. Repetitions of each step when inpainting (>= 1).
+        images: tensor `(batch, H, W, C)`. Clean images x0.
+        t: int tensor `(batch,)`. Timesteps in 0..T.
+        noises: tensor like `images`. Standard normal noise eps.
+        schedule: dict of tables from `ddpm_schedule`.
 
     Returns:
-        The images after step `stop - 1`.
+        The noisy images x_t.
 
     Example:
     >>> sched = ddpm_schedule(1e-4, 0.02, 10)
-    >>> ts, prev = ddpm_timesteps(10)
-    >>> x = run_reverse_loop(lambda x, t: x * 0, keras.ops.ones((1, 2, 2, 1)),
-    ...     ts, prev, keras.ops.array([0, 0], "int32"), sched, 0, 10)
+    >>> x0 = keras.ops.zeros((2, 4, 4, 1))
+    >>> tuple(add_noise(x0, keras.ops.array([0, 10]), x0 + 1, sched).shape)
+    (2, 4, 4, 1)
     """
-    batch = ops.shape(x_start)[0]
-    timesteps = ops.convert_to_tensor(timesteps, "int32")
-    prev_timesteps = ops.convert_to_tensor(prev_timesteps, "int32")
+    signal_rates = gather(schedule["sqrtab"], t, ops.ndim(images))
+    noise_rates = gather(schedule["sqrtmab"], t, ops.ndim(images))
+    return signal_rates * images + noise_rates * noises
 
-    def step(x_t, t, prev_t, draw):
-        """One reverse step from t to prev_t; `draw(k)` is the step's k-th noise."""
-        pred_noises = ops.cast(denoise_fn(x_t, t), x_t.dtype)
-        if sampler == "ddpm":
-            x_prev = ddpm_step(
-                pred_noises, x_t, t, schedule, draw(0), variance, clip_x0=clip_x0
+
+# ------------------------------------------------------------------ timesteps
+SPACINGS = ("linspace", "leading", "trailing", "logsnr", "karras")
+
+
+def spaced_timesteps(schedule, steps, spacing="trailing", rho=7.0):
+    """`steps` timesteps from about T down towards 1, each step's successor, and 0 last.
+
+    With T = 1000 and 10 steps (Lin et al. 2023, Table 2, timesteps 1..T):
+
+    - `"trailing"`: T, 900, ..., 100 (round(linspace(T, 0, steps + 1))
+      without the final 0): the package's strided DDIM timesteps.
+    - `"linspace"`: round(linspace(T, 1, steps)): 1000, 889, ..., 112, 1.
+    - `"leading"`: 901, 801, ..., 1 (multiples of T // steps, plus one).
+    - `"logsnr"`: uniform in log-SNR lambda = log(sqrtab / sqrtmab) from t = T
+      to t = 1 (Lu et al. 2022, "DPM-Solver", section 3.3), each level mapped
+      to the nearest discrete timestep.
+    - `"karras"`: noise levels sigma = sqrtmab / sqrtab spaced as
+      (sigma_max^(1/rho) + i / (steps - 1) (sigma_min^(1/rho) -
+      sigma_max^(1/rho)))^rho (Karras et al. 2022, eq. (5)), sigma_max and
+      sigma_min those of t = T and t = 1, mapped to the nearest timestep.
+
+    The last two can map two levels onto one timestep: duplicates are dropped,
+    so they may give fewer than `steps` timesteps (never with T = 1000 and
+    steps <= 100).
+
+    Args:
+        schedule: dict of tables from `ddpm_schedule`.
+        steps: int. Number of sampling steps, in 1..T.
+        spacing: str. One of `SPACINGS`.
+        rho: float. Exponent of the `"karras"` spacing.
+
+    Returns:
+        `(timesteps, prev_timesteps)`: int32 arrays, `prev_timesteps[-1] == 0`.
+
+    Example:
+    >>> sched = ddpm_schedule(1e-4, 0.02, 1000)
+    >>> spaced_timesteps(sched, 4, "leading")[0]
+    array([751, 501, 251,   1], dtype=int32)
+    """
+    alphabar = np.asarray(schedule["alphabar_t"], np.float64)
+    T = len(alphabar) - 1
+    check_steps(steps, T)
+    if spacing == "trailing":
+        return strided_timesteps(T, steps)
+    if spacing == "linspace":
+        timesteps = np.round(np.linspace(T, 1, steps))
+    elif spacing == "leading":
+        timesteps = np.arange(steps)[::-1] * (T // steps) + 1
+    elif spacing in ("logsnr", "karras"):
+        # Noise level sigma_t = sqrt((1 - ab_t) / ab_t) of t = 1..T, increasing.
+        log_sigmas = 0.5 * np.log((1.0 - alphabar[1:]) / alphabar[1:])
+        levels = np.linspace(log_sigmas[-1], log_sigmas[0], steps)  # logsnr = -2 log sigma.
+        if spacing == "karras":
+            ramp = np.linspace(0.0, 1.0, steps)
+            low, high = np.exp(log_sigmas[0] / rho), np.exp(log_sigmas[-1] / rho)
+            levels = rho * np.log(high + ramp * (low - high))
+        nearest = np.argmin(np.abs(log_sigmas[None, :] - levels[:, None]), axis=1) + 1
+        timesteps = nearest[np.sort(np.unique(nearest, return_index=True)[1])]
+    else:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}.")
+    timesteps = np.asarray(timesteps, np.int32)
+    return timesteps, np.append(timesteps[1:], 0).astype(np.int32)
+
+
+# ------------------------------------------------------------------ samplers
+def check_eta(eta):
+    """`eta` as a float if it is a finite number in [0, 1], else a ValueError.
+
+    Example:
+    >>> check_eta(1)
+    1.0
+    """
+    if (
+        isinstance(eta, (bool, np.bool_))
+        or not isinstance(eta, (int, float, np.integer, np.floating))
+        or not 0.0 <= float(eta) <= 1.0  # False for NaN too.
+    ):
+        raise ValueError(
+            f"eta must be a finite number in [0, 1] (0: deterministic DDIM, "
+            f"1: DDPM-like noise), got {eta!r}."
+        )
+    return float(eta)
+
+
+def check_bool(name, value):
+    """`value` if it is a bool (NumPy's too), else a TypeError: "no" is not False.
+
+    Example:
+    >>> check_bool("clip_x0", True)
+    True
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+class Sampler:
+    """What every sampler object provides (a frozen dataclass of its settings).
+
+    A sampler knows nothing about the network: `timesteps` says where the
+    network is evaluated and where each evaluation lands, `step` maps one
+    noise estimate to the next images. A multistep sampler keeps its history
+    in `state`, a tuple of tensors the compiled loop carries from step to
+    step (`initial_state` gives the first).
+
+    Subclasses set `name`, `stochastic` and `default_spacing`.
+
+    Example:
+    >>> sampler = DDIMSampler(eta=0.0)
+    >>> isinstance(sampler, Sampler), sampler.name, sampler.default_spacing
+    (True, 'ddim', 'trailing')
+    """
+
+    name = None
+    stochastic = False  # Whether `step` draws noise.
+    default_spacing = "trailing"
+
+    def timesteps(self, schedule, steps, spacing=None):
+        """`(timesteps, prev_timesteps)`: one pair per network evaluation."""
+        return spaced_timesteps(schedule, steps, spacing or self.default_spacing)
+
+    def initial_state(self, x):
+        """The loop state before the first step: a tuple of tensors."""
+        return ()
+
+    def step(self, pred_noises, x_t, t, prev_t, schedule, state, draw, index, num_steps):
+        """One step from `t` to `prev_t`: `(x_prev, state)`.
+
+        Args:
+            pred_noises: tensor `(batch, H, W, C)`. The noise estimate at `t`.
+            x_t: tensor like `pred_noises`. Current images.
+            t: int tensor `(batch,)`. Current timestep.
+            prev_t: int tensor `(batch,)`. Timestep the step lands on.
+            schedule: dict of tables from `ddpm_schedule`.
+            state: tuple of tensors, from `initial_state` or the last step.
+            draw: callable `k -> tensor like x_t`, the step's k-th standard
+                normal draw (k = 0 for the sampler; RePaint uses 1 and 2).
+            index: int tensor. Position of this step in `timesteps`.
+            num_steps: int tensor. Length of `timesteps`.
+        """
+        raise NotImplementedError
+
+
+def _check_clip(sampler):
+    check_bool("clip_x0", sampler.clip_x0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPMSampler(Sampler):
+    """The lecture's ancestral sampler over all T steps (Ho et al. 2020, Algorithm 2).
+
+    Args:
+        variance: str. `"beta"` (sigma_t^2 = beta_t, the lecture's) or
+            `"posterior"` (the posterior variance).
+        clip_x0: bool. Clip the implied clean image to [-1, 1] (see `ddpm_step`).
+
+    Example:
+    >>> sampler = DDPMSampler(variance="beta")
+    >>> sampler.timesteps(ddpm_schedule(1e-4, 0.02, 3), 3)
+    (array([3, 2, 1], dtype=int32), array([2, 1, 0], dtype=int32))
+    """
+
+    variance: str = "beta"
+    clip_x0: bool = False
+    name = "ddpm"
+    stochastic = True
+
+    def __post_init__(self):
+        _check_clip(self)
+        if self.variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {self.variance!r}.")
+
+    def timesteps(self, schedule, steps, spacing=None):
+        T = len(schedule["alphabar_t"]) - 1
+        check_steps(steps, T)
+        if steps != T or spacing not in (None, "trailing"):
+            raise ValueError(
+                f"The ancestral DDPM sampler runs all T={T} steps; got steps={steps}"
+                f"{'' if spacing is None else f', spacing={spacing!r}'}. Use sampler='ddim' "
+                "(eta=1.0 is the stochastic strided equivalent)."
             )
-        else:
-            x_prev = ddim_step(
-                pred_noises, x_t, t, prev_t, schedule, draw(0), eta=eta, clip_x0=clip_x0
+        return ddpm_timesteps(T)
+
+    def step(self, pred_noises, x_t, t, prev_t, schedule, state, draw, index, num_steps):
+        x_prev = ddpm_step(
+            pred_noises, x_t, t, schedule, draw(0), self.variance, clip_x0=self.clip_x0
+        )
+        return x_prev, state
+
+
+@dataclasses.dataclass(frozen=True)
+class DDIMSampler(Sampler):
+    """Strided DDIM (Song et al. 2020, eq. (12)); `eta` sets its stochasticity.
+
+    Args:
+        eta: float in [0, 1]. 0 is deterministic DDIM, 1 the DDPM posterior
+            noise on the strided timesteps.
+        clip_x0: bool. Clip the predicted clean image to [-1, 1] (diffusers' default).
+
+    Example:
+    >>> DDIMSampler(eta=0.0).timesteps(ddpm_schedule(1e-4, 0.02, 1000), 4)
+    (array([1000,  750,  500,  250], dtype=int32), array([750, 500, 250,   0], dtype=int32))
+    """
+
+    eta: float = 0.0
+    clip_x0: bool = True
+    name = "ddim"
+
+    def __post_init__(self):
+        _check_clip(self)
+        object.__setattr__(self, "eta", check_eta(self.eta))
+
+    @property
+    def stochastic(self):
+        return self.eta > 0
+
+    def step(self, pred_noises, x_t, t, prev_t, schedule, state, draw, index, num_steps):
+        x_prev = ddim_step(
+            pred_noises, x_t, t, prev_t, schedule, draw(0), eta=self.eta, clip_x0=self.clip_x0
+        )
+        return x_prev, state
+
+
+def _log_snr(t, schedule):
+    """lambda_t = log(sqrtab[t] / sqrtmab[t]), +inf at t = 0 (Lu et al. 2022, eq. (3.1))."""
+    return ops.log(gather(schedule["sqrtab"], t)) - ops.log(gather(schedule["sqrtmab"], t))
+
+
+@dataclasses.dataclass(frozen=True)
+class DPMSolverSampler(Sampler):
+    """DPM-Solver++ multistep, data-prediction form (Lu et al. 2022, "DPM-Solver++").
+
+    With alpha_t = sqrtab[t], sigma_t = sqrtmab[t], lambda_t = log(alpha_t /
+    sigma_t) and the clean-image estimates m_k of the last steps, a step from
+    s to t with h = lambda_t - lambda_s is (Algorithm 2 for order 2):
+
+        x_t = (sigma_t / sigma_s) x_s - alpha_t (e^(-h) - 1) D.
+
+    Order 1: D = m_0 (this is DDIM with eta = 0). Order 2: D = m_0 +
+    (m_0 - m_1) / (2 r), r = h_prev / h. Order 3 adds the second difference
+    (the third-order multistep update of the authors' reference code). The
+    first steps lack history and run at lower order, and so do the final ones
+    (`min(order, steps left)`): the last step lands on t = 0 where lambda is
+    infinite and only order 1 (x_0 = m_0) is defined.
+
+    Args:
+        order: int. 2 (DPM-Solver++(2M)) or 3 (3M).
+        clip_x0: bool. Clip each clean-image estimate to [-1, 1] (thresholding).
+
+    Example:
+    >>> sampler = DPMSolverSampler(order=2)
+    >>> ts, prev = sampler.timesteps(ddpm_schedule(1e-4, 0.02, 1000), 5)
+    >>> ts[0], prev[-1]
+    (np.int32(1000), np.int32(0))
+    """
+
+    order: int = 2
+    clip_x0: bool = True
+    name = "dpm++"
+    default_spacing = "logsnr"
+
+    def __post_init__(self):
+        _check_clip(self)
+        if self.order not in (1, 2, 3) or isinstance(self.order, bool):
+            raise ValueError(f"order must be 1, 2 or 3, got {self.order!r}.")
+
+    def initial_state(self, x):
+        # (m_1, m_2, lambda_1, lambda_2): the last two clean-image estimates and
+        # the log-SNRs they were made at.
+        lam = ops.zeros((ops.shape(x)[0], 1, 1, 1), x.dtype)
+        return (ops.zeros_like(x), ops.zeros_like(x), lam, lam)
+
+    def step(self, pred_noises, x_t, t, prev_t, schedule, state, draw, index, num_steps):
+        m_1, m_2, lambda_1, lambda_2 = state
+        # 1. Clean-image estimate (data prediction), optionally clipped.
+        m_0 = predict_x0(pred_noises, x_t, t, schedule)
+        if self.clip_x0:
+            m_0 = ops.clip(m_0, -1.0, 1.0)
+        # 2. Step size in log-SNR and the exponential factor e^(-h) - 1 (-1 at t = 0).
+        lambda_0, lambda_t = _log_snr(t, schedule), _log_snr(prev_t, schedule)
+        h = lambda_t - lambda_0
+        phi = ops.expm1(-h)
+        alpha_t = gather(schedule["sqrtab"], prev_t)
+        x_first = (gather(schedule["sqrtmab"], prev_t) / gather(schedule["sqrtmab"], t)) * x_t
+        # 3. Order of this step: no more than the history and the steps left allow.
+        order = ops.minimum(ops.minimum(index + 1, num_steps - index), self.order)
+        # 4. Differences of the estimates, scaled by r_k = h_k / h.
+        r_0, r_1 = (lambda_0 - lambda_1) / h, (lambda_1 - lambda_2) / h
+        d1_0, d1_1 = (m_0 - m_1) / r_0, (m_1 - m_2) / r_1
+        second = m_0 + 0.5 * d1_0  # Algorithm 2: D = (1 + 1/(2r)) m_0 - 1/(2r) m_1.
+        x_prev = ops.where(order == 1, x_first - alpha_t * phi * m_0, x_first - alpha_t * phi * second)
+        if self.order == 3:
+            d1 = d1_0 + r_0 / (r_0 + r_1) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r_0 + r_1)
+            third = (
+                x_first - alpha_t * phi * m_0 + alpha_t * (phi / h + 1.0) * d1
+                - alpha_t * ((phi / h + 1.0) / h - 0.5) * d2
             )
-        if known is None:
-            return x_prev
-        known_prev = gather(schedule["sqrtab"], prev_t) * known + gather(
-            schedule["sqrtmab"], prev_t
-        ) * draw(1)
-        return mask * known_prev + (1.0 - mask) * x_prev
+            x_prev = ops.where(order == 3, third, x_prev)
+        return x_prev, (m_0, m_1, ops.broadcast_to(lambda_0, ops.shape(lambda_1)), lambda_1)
 
-    def body(i, x_t):
-        t = ops.broadcast_to(ops.take(timesteps, i), (batch,))
-        prev_t = ops.broadcast_to(ops.take(prev_timesteps, i), (batch,))
 
-        def draw(k):
-            step_seed = seed + ops.stack([ops.cast(k, "int32"), ops.cast(i, "int32")])
-            return stateless_normal(ops.shape(x_t), step_seed, x_t.dtype)
+@dataclasses.dataclass(frozen=True)
+class EulerSampler(Sampler):
+    """Euler's method on the probability-flow ODE in noise levels (Karras et al. 2022).
 
-        if known is None or resample == 1:
-            return step(x_t, t, prev_t, draw)
+    With sigma_t = sqrtmab[t] / sqrtab[t] and x~ = x_t / sqrtab[t], the ODE is
+    dx~/dsigma = eps(x_t, t) (Karras et al., eq. (4) and Table 1, VP column);
+    an Euler step is x~' = x~ + (sigma' - sigma) eps, which is deterministic
+    DDIM on the same timesteps. Timesteps default to Karras' noise levels
+    (rho = 7) mapped onto the model's discrete timesteps.
 
-        alphabar = schedule["alphabar_t"]
-        ratio = gather(alphabar, t) / gather(alphabar, prev_t)
+    Args:
+        clip_x0: bool. Clip the implied clean image to [-1, 1].
 
-        def repeat(u, state):
-            x_now, _ = state
-            x_prev = step(x_now, t, prev_t, lambda k: draw(3 * u + k))
-            # Back from prev_t to t by forward diffusion, for the next repetition.
-            x_again = ops.sqrt(ratio) * x_prev + ops.sqrt(1.0 - ratio) * draw(3 * u + 2)
-            return x_again, x_prev
+    Example:
+    >>> ts, prev = EulerSampler().timesteps(ddpm_schedule(1e-4, 0.02, 1000), 4)
+    >>> ts.tolist(), prev.tolist()
+    ([1000, 776, 302, 1], [776, 302, 1, 0])
+    """
 
-        _, x_prev = ops.fori_loop(0, resample, repeat, (x_t, x_t))
-        return x_prev
+    clip_x0: bool = True
+    name = "euler"
+    default_spacing = "karras"
 
-    return ops.fori_loop(start, stop, body, x_start)
+    def __post_init__(self):
+        _check_clip(self)
+
+    def _noise(self, pred_noises, x_t, t, schedule):
+        if self.clip_x0:
+            _, pred_noises = clip_prediction(pred_noises, x_t, t, schedule)
+        return pred_noises
+
+    def step(self, pred_noises, x_t, t, prev_t, schedule, state, draw, index, num_steps):
+        # Algorithm 1 of Karras et al., lines 4-5: d = eps, x~' = x~ + (sigma' - sigma) d.
+        slope = self._noise(pred_noises, x_t, t, schedule)
+        x_scaled = x_t / gather(schedule["sqrtab"], t)
+        x_next = x_scaled + (_sigma(prev_t, schedule) - _sigma(t, schedule)) * slope
+        return gather(schedule["sqrtab"], prev_t) * x_next, state
+
+
+def _sigma(t, schedule):
+    """Noise level sigma_t = sqrtmab[t] / sqrtab[t] of the variance-exploding view."""
+    return gather(schedule["sqrtmab"], t) / gather(schedule["sqrtab"], t)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeunSampler(EulerSampler):
+    """Heun's 2nd-order method on Karras noise levels (Karras et al. 2022, Algorithm 1).
+
+    Each step from sigma_i to sigma_{i+1} > 0 is an Euler step followed by a
+    correction with the slope at its end, x~_{i+1} = x~_i + (sigma_{i+1} -
+    sigma_i) (d_i + d'_{i+1}) / 2; the last step, to sigma = 0, is Euler's
+    (Algorithm 1, line 7). One network evaluation per loop iteration: the
+    correction is an iteration whose timestep equals its target (`t ==
+    prev_t`), so `steps` steps cost 2 steps - 1 evaluations. The state holds
+    x~_i, d_i and sigma_i for the correction.
+
+    Args:
+        clip_x0: bool. Clip the implied clean image to [-1, 1].
+
+    Example:
+    >>> HeunSampler().timesteps(ddpm_schedule(1e-4, 0.02, 1000), 3)[0].tolist()
+    [1000, 594, 594, 1, 1]
+    """
+
+    name = "heun"
+
+    def timesteps(self, schedule, steps, spacing=None):
+        timesteps, prev_timesteps = super().timesteps(schedule, steps, spacing)
+        # Each step that does not end at t = 0 gets a correction evaluation at its end.
+        pairs = []
+        for t, prev_t in zip(timesteps.tolist(), prev_timesteps.tolist()):
+            pairs += [(t, prev_t), (prev_t, prev_t)] if prev_t > 0 else [(t, prev_t)]
+        timesteps, prev_timesteps = np.array(pairs, np.int32).T
+        return timesteps, prev_timesteps
+
+    def initial_state(self, x):
+        return (ops.zeros_like(x), ops.zeros_like(x), ops.zeros((ops.shape(x)[0], 1, 1, 1), x.dtype))
+
+    def step(self, pred_noises, x_t, t, prev_t, schedule, state, draw, index, num_steps):
+        saved_x, saved_slope, saved_sigma = state
+        slope = self._noise(pred_noises, x_t, t, schedule)
+        sigma_t, sigma_prev = _sigma(t, schedule), _sigma(prev_t, schedule)
+        # 1. Euler step from (x~_i, sigma_i) to sigma_{i+1}, lines 4-5.
+        x_scaled = x_t / gather(schedule["sqrtab"], t)
+        euler = gather(schedule["sqrtab"], prev_t) * (x_scaled + (sigma_prev - sigma_t) * slope)
+        # 2. Correction at sigma_{i+1} = sigma_t with the averaged slope, lines 7-8.
+        corrected = gather(schedule["sqrtab"], t) * (
+            saved_x + (sigma_t - saved_sigma) * 0.5 * (saved_slope + slope)
+        )
+        correcting = ops.reshape(ops.equal(t, prev_t), (-1, 1, 1, 1))
+        x_prev = ops.where(correcting, corrected, euler)
+        state = (
+            ops.where(correcting, saved_x, x_scaled),
+            ops.where(correcting, saved_slope, slope),
+            ops.where(correcting, saved_sigma, sigma_t),
+        )
+        return x_prev, state
+
+
+SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++2m", "dpm++3m", "heun", "euler")
+
+
+def get_sampler(sampler, eta=0.0, clip_x0=None, variance="beta"):
+    """A sampler object from a name (one of `SAMPLERS`) and its settings, or `sampler` itself.
+
+    `clip_x0=None` takes each sampler's default: off for DDPM (the lecture's
+    formula), on for the strided samplers. `eta` is DDIM's (the ancestral
+    DDPM sampler ignores it, as it always did); `variance` is DDPM's.
+
+    Example:
+    >>> get_sampler("ddim", eta=0.5)
+    DDIMSampler(eta=0.5, clip_x0=True)
+    >>> get_sampler("dpm++3m", clip_x0=False)
+    DPMSolverSampler(order=3, clip_x0=False)
+    """
+    if isinstance(sampler, Sampler):
+        if eta != 0.0 or clip_x0 is not None:
+            raise ValueError(
+                f"Give eta and clip_x0 to the sampler object ({sampler!r}), not to sample()."
+            )
+        return sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(
+            f"sampler must be one of {SAMPLERS} or a sampler object "
+            f"(e.g. keras_ddpm.sampling.DDIMSampler(eta=0.5)), got {sampler!r}."
+        )
+    if sampler == "ddpm":
+        return DDPMSampler(variance, False if clip_x0 is None else clip_x0)
+    clip = True if clip_x0 is None else clip_x0
+    if sampler == "ddim":
+        return DDIMSampler(eta, clip)
+    if eta != 0.0:
+        raise ValueError(f"eta applies to the DDIM sampler only; {sampler!r} is deterministic.")
+    if sampler.startswith("dpm++"):
+        return DPMSolverSampler(3 if sampler == "dpm++3m" else 2, clip)
+    return (HeunSampler if sampler == "heun" else EulerSampler)(clip)

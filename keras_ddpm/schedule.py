@@ -37,6 +37,10 @@ SCHEDULE_KEYS = (
 COSINE_OFFSET = 0.008
 COSINE_MAX_BETA = 0.999
 
+# Smallest alphabar_T accepted: below it sqrt(alphabar_t) loses the signal in
+# float32 (the predicted clean image divides by it) and samples become NaN.
+MIN_ALPHABAR = 1e-20
+
 
 def validate_schedule_args(beta1, beta2, T, kind="linear"):
     """Raise `ValueError` naming the problem if the schedule scalars are invalid.
@@ -144,6 +148,13 @@ def ddpm_schedule(beta1=1e-4, beta2=0.02, T=1000, kind="linear"):
     beta_t = np.concatenate([[0.0], betas])
     alpha_t = 1.0 - beta_t
     alphabar_t = np.cumprod(alpha_t)
+    if alphabar_t[-1] < MIN_ALPHABAR:
+        raise ValueError(
+            f"This schedule destroys the signal: alphabar_T = {alphabar_t[-1]:.3g} is below "
+            f"{MIN_ALPHABAR:g} (beta1={beta1}, beta2={beta2}, T={T}), which float32 cannot "
+            "invert, so every sample would be NaN. Use smaller betas or fewer steps "
+            "(Ho et al.: beta1=1e-4, beta2=0.02, T=1000 give alphabar_T = 4e-5)."
+        )
     one_minus_alphabar = 1.0 - alphabar_t
     sqrtmab = np.sqrt(one_minus_alphabar)
 

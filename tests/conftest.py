@@ -14,9 +14,7 @@ def _fixed_keras_seed():
     yield
 
 
-@pytest.fixture(scope="session")
-def two_colour_model():
-    """A tiny class-conditional model trained on flat dark/light images (see helpers)."""
-    from helpers import train_two_colour_model
-
-    return train_two_colour_model()
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most 4 (each worker holds TensorFlow, ~1 GB)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1)))

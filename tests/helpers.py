@@ -71,20 +71,77 @@ def two_colour_data(n=256, seed=0, size=32):
     return images.astype("float32"), labels
 
 
-def train_two_colour_model(epochs=20, **kwargs):
-    """A tiny conditional cosine-schedule v-prediction model trained on `two_colour_data`.
+class GaussianMixtureDenoiser(keras.layers.Layer):
+    """The exact noise predictor for data from an isotropic Gaussian mixture.
 
-    With noise prediction the label would barely be learned here: the colour shows
-    through the noise at all but the last few timesteps, where predicting the noise
-    is easy without it. Predicting v (about -x0 at high noise) needs the label there.
+    Data: x0 ~ sum_k w_k N(means[k], stds[k]^2 I) (a std of 0 is a point mass).
+    At timestep t, x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, so given component k,
+    x_t ~ N(sqrt(ab) mu_k, v_k I) with v_k = ab s_k^2 + 1 - ab, and
+
+        E[x0 | x_t, k] = mu_k + sqrt(ab) s_k^2 / v_k (x_t - sqrt(ab) mu_k),
+        p(k | x_t) = softmax_k(log w_k - D/2 log v_k - |x_t - sqrt(ab) mu_k|^2 / (2 v_k)),
+        eps*(x_t, t) = (x_t - sqrt(ab) E[x0 | x_t]) / sqrt(1 - ab).
+
+    No training, no CPU-dependent kernels: an oracle whose answer is known, for
+    sampler, guidance and inpainting tests. Called as a network on `[x_t, t / T]`,
+    or on `[x_t, t / T, label]`: label k < K is component k alone (the class), label
+    K ("no class") the whole mixture.
     """
-    from keras_ddpm import DiffusionModel, NaiveUnet
 
-    kwargs.setdefault("num_classes", 2)
-    kwargs.setdefault("prediction", "v")
-    network = NaiveUnet((32, 32, 3), n_feat=8, num_classes=kwargs["num_classes"])
-    model = DiffusionModel(network, T=50, schedule="cosine", seed=0, **kwargs)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    images, labels = two_colour_data()
-    model.fit(images, labels, batch_size=32, epochs=epochs, verbose=0)
-    return model
+    def __init__(self, alphabar, means, stds, weights=None, **kwargs):
+        super().__init__(**kwargs)
+        self.alphabar = np.asarray(alphabar, "float64")
+        self.means = np.asarray(means, "float64")  # (K,) + image shape
+        self.stds = np.asarray(stds, "float64").reshape(-1)  # (K,)
+        k = len(self.means)
+        weights = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, "float64")
+        # Row k < K: class k alone; row K: the prior (no class).
+        self.log_weights = np.concatenate([np.where(np.eye(k) > 0, 0.0, -1e30),
+                                           np.log(weights)[None]])
+
+    def call(self, inputs):
+        x_t, t = inputs[:2]
+        ops = keras.ops
+        k = len(self.means)
+        label = inputs[2][:, 0] if len(inputs) == 3 else ops.full((ops.shape(x_t)[0],), k, "int32")
+        log_weights = ops.take(ops.convert_to_tensor(self.log_weights), ops.cast(label, "int32"), axis=0)
+        x_t = ops.cast(x_t, "float64")
+        steps = ops.cast(ops.round(ops.cast(t, "float64")[:, 0] * (len(self.alphabar) - 1)), "int32")
+        ab = ops.take(ops.convert_to_tensor(self.alphabar), steps)[:, None]  # (B, 1)
+        flat = ops.reshape(x_t, (ops.shape(x_t)[0], -1))  # (B, D)
+        mus = ops.convert_to_tensor(self.means.reshape(len(self.means), -1))  # (K, D)
+        var0 = ops.convert_to_tensor(self.stds**2)[None, :]  # (1, K)
+        v = ab * var0 + 1.0 - ab  # (B, K)
+        centred = flat[:, None, :] - ops.sqrt(ab)[:, :, None] * mus[None]  # (B, K, D)
+        dims = float(mus.shape[-1])
+        logits = (
+            log_weights
+            - 0.5 * dims * ops.log(v)
+            - ops.sum(centred**2, axis=-1) / (2.0 * v)
+        )
+        posterior = ops.softmax(logits, axis=-1)  # (B, K)
+        x0_k = mus[None] + (ops.sqrt(ab) * var0 / v)[:, :, None] * centred  # (B, K, D)
+        x0 = ops.sum(posterior[:, :, None] * x0_k, axis=1)
+        eps = (flat - ops.sqrt(ab) * x0) / ops.sqrt(1.0 - ab)
+        return ops.cast(ops.reshape(eps, ops.shape(x_t)), "float32")
+
+
+def analytic_model(means, stds, image_shape, T=50, **model_kwargs):
+    """A `DiffusionModel` whose network is the exact `GaussianMixtureDenoiser`.
+
+    `means` has shape `(K,) + image_shape` (or `(K,)`: constant images). With
+    `num_classes=K` the network takes labels: class k is component k.
+    """
+    from keras_ddpm import DiffusionModel, ddpm_schedule
+
+    schedule = model_kwargs.get("schedule", "linear")
+    tables = ddpm_schedule(model_kwargs.get("beta1", 1e-4), model_kwargs.get("beta2", 0.02), T,
+                           kind=schedule)
+    means = np.asarray(means, "float64")
+    if means.ndim == 1:
+        means = means.reshape(-1, 1, 1, 1) * np.ones((1,) + tuple(image_shape))
+    inputs = [keras.Input(image_shape), keras.Input((1,))]
+    if model_kwargs.get("num_classes") is not None:
+        inputs.append(keras.Input((1,), dtype="int32"))
+    eps = GaussianMixtureDenoiser(tables["alphabar_t"], means, stds)(inputs)
+    return DiffusionModel(keras.Model(inputs, eps), T=T, **model_kwargs)

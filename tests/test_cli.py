@@ -1,5 +1,6 @@
 """Tests for the `keras-ddpm` command line (keras_ddpm.cli), run in-process on tiny settings."""
 
+import argparse
 import contextlib
 import io
 import json
@@ -60,6 +61,7 @@ TRAIN_OPTIONS = (
     "--out",
     "--checkpoint-dir",
     "--strategy",
+    "--verbose",
 )
 SAMPLE_OPTIONS = (
     "--n",
@@ -76,6 +78,9 @@ SAMPLE_OPTIONS = (
     "--no-jit-compile",
     "--labels",
     "--guidance-scale",
+    "--sampler",
+    "--spacing",
+    "--verbose",
 )
 EVALUATE_OPTIONS = (
     "--dataset",
@@ -90,6 +95,12 @@ EVALUATE_OPTIONS = (
     "--guidance-scale",
     "--clip-x0",
     "--no-clip-x0",
+    "--eta",
+    "--jit-compile",
+    "--no-jit-compile",
+    "--sampler",
+    "--spacing",
+    "--verbose",
     "--out",
 )
 
@@ -262,7 +273,7 @@ def test_parser_defaults():
     )
     assert (sample_args.seed, sample_args.batch_size, sample_args.out, sample_args.npz) == (
         0,
-        None,
+        256,
         "samples.png",
         None,
     )
@@ -372,9 +383,11 @@ def test_sample_bad_options(trained_run, extra_args, words, capsys):
         (["--T", "10", "--sample-steps", "20"], ["--sample-steps", "1..10"]),
         (["--schedule", "quadratic"], ["--schedule", "quadratic"]),
         (["--epochs", "0"], ["--epochs", "positive integer"]),
-        (["--seed", "-1"], ["--seed", ">= 0"]),
+        (["--seed", "-1"], ["--seed", "0..2147483646"]),
+        (["--seed", str(2**40)], ["--seed", "0..2147483646"]),
     ],
-    ids=["image-size", "dataset", "n-feat", "betas", "sample-steps", "schedule", "epochs", "seed"],
+    ids=["image-size", "dataset", "n-feat", "betas", "sample-steps", "schedule", "epochs", "seed",
+         "seed-too-large"],
 )
 def test_train_bad_options(extra_args, words, tmp_path, capsys):
     line = _run_error(["train", "--out", str(tmp_path / "run")] + extra_args, capsys)
@@ -395,7 +408,7 @@ def test_parser_has_exactly_the_documented_options():
     subparsers = next(
         action
         for action in cli.build_parser()._actions
-        if isinstance(action, cli.argparse._SubParsersAction)
+        if isinstance(action, argparse._SubParsersAction)
     )
     for command, expected in (
         ("train", TRAIN_OPTIONS), ("sample", SAMPLE_OPTIONS), ("evaluate", EVALUATE_OPTIONS)
@@ -408,17 +421,25 @@ def test_parser_has_exactly_the_documented_options():
         assert options - {"-h", "--help"} == set(expected)
 
 
-def test_console_script_help():
-    """`python -m keras_ddpm.cli --help` runs the real entry point and lists the commands."""
-    result = subprocess.run(
-        [sys.executable, "-m", "keras_ddpm.cli", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+def test_console_script_answers_help_without_tensorflow():
+    """The `keras-ddpm` launcher parses, helps and refuses arguments before TensorFlow loads."""
+    code = (
+        "import sys, keras_ddpm_cli\n"
+        "from keras_ddpm.cli import build_parser\n"
+        "build_parser().parse_args(['train', '--epochs', '2'])\n"
+        "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))\n"
     )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    assert "train" in result.stdout and "sample" in result.stdout
+    assert result.stdout.strip() == "[]"
+    for argv, status, stream in ((["--help"], 0, "stdout"), (["--version"], 0, "stdout"),
+                                 (["sample", "m.keras", "--eta", "5"], 2, "stderr")):
+        result = subprocess.run([sys.executable, "-m", "keras_ddpm_cli", *argv],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == status, result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.splitlines()) == status // 2  # One line for an error.
+        assert "keras-ddpm" in getattr(result, stream)
 
 
 @pytest.mark.parametrize(
@@ -480,6 +501,70 @@ def test_labels_for_an_unconditional_model_and_missing_inception_weights(trained
     assert "--labels needs a class-conditional model" in message
     message = _run_error(["evaluate", model, "--inception-weights", str(tmp_path / "none.h5")], capsys)
     assert "not found" in message and "nothing is downloaded" in message
+
+
+# --- outputs proven writable, locked, and named exactly -------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--out", "--checkpoint-dir"])
+def test_train_refuses_an_unwritable_folder_before_any_work(option, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    argv = ["train", "--out", str(tmp_path / "run"), option, str(blocker / "sub")]
+    line = _run_error(argv, capsys)
+    assert option in line and "cannot be written" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_second_train_on_the_same_folder_is_refused(tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    with open(out_dir / ".keras-ddpm.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # As a running train does.
+        line = _run_error(TINY_TRAIN_ARGS + ["--out", str(out_dir)], capsys)
+    assert "another 'keras-ddpm train'" in line and str(out_dir) in line
+    assert not (out_dir / "model.keras").exists()
+
+
+def test_sample_names_the_npz_it_writes_and_checks_outputs_first(trained_run, tmp_path, capsys):
+    model = str(trained_run[0] / "model.keras")
+    assert cli.main(["sample", model, "--n", "2", "--steps", "2", "--out", str(tmp_path / "s.png"),
+                     "--npz", str(tmp_path / "raw")]) == 0
+    assert f"Wrote npz: {tmp_path / 'raw.npz'}" in capsys.readouterr().out
+    assert (tmp_path / "raw.npz").is_file()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = _run_error(["sample", "missing.keras", "--out", str(blocker / "s.png")], capsys)
+    assert "--out" in line and "cannot be written" in line  # Before loading anything.
+
+
+def test_ctrl_c_is_one_line_that_says_what_was_kept(tmp_path, capsys):
+    """A real SIGINT after the first epoch: one line, status 130, the checkpoint kept."""
+    import os
+    import signal
+    import threading
+    import time
+
+    out_dir, checkpoint_dir = tmp_path / "run", tmp_path / "ck"
+
+    def interrupt_after_first_grid():
+        deadline = time.monotonic() + 120
+        while not list(out_dir.glob("grids/*.png")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_first_grid, daemon=True).start()
+    argv = TINY_TRAIN_ARGS + ["--epochs", "1000", "--grid-steps", "2",
+                              "--out", str(out_dir), "--checkpoint-dir", str(checkpoint_dir)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "interrupted" in err and "run the same command again to resume" in err
+    assert (checkpoint_dir / "training_metadata.json").is_file()
+    assert not (out_dir / "model.keras").exists()
 
 
 def test_train_unet_with_the_recipe_options(tmp_path, capsys):

@@ -4,7 +4,7 @@ import pytest
 import keras
 from keras import ops
 
-from helpers import two_colour_data
+from helpers import analytic_model, two_colour_data
 from keras_ddpm import DiffusionModel, NaiveUnet, ddpm_schedule
 
 SHAPE = (32, 32, 3)
@@ -82,24 +82,35 @@ def test_guidance_mixes_conditional_and_unconditional_predictions():
     np.testing.assert_allclose(uncond, numpy(model.predict_noise(x_t, t, [3, 3, 3])))
     for w in (0.0, 1.0, 3.0):
         guided = numpy(model.predict_noise(x_t, t, labels, guidance_scale=w))
-        np.testing.assert_allclose(guided, uncond + w * (cond - uncond), rtol=1e-4, atol=1e-5)
+        # One batched call of 2n against two calls of n: the kernels may differ in
+        # float32 round-off (1.2e-5 seen at w = 3 on an AVX2-only CPU), far below 1e-4.
+        np.testing.assert_allclose(guided, uncond + w * (cond - uncond), rtol=1e-4, atol=1e-4)
 
 
-def test_guidance_moves_samples_towards_the_class(two_colour_model):
-    """Class 0 is dark, class 1 light: guided samples take their class's colour."""
-    model = two_colour_model
+def test_guidance_with_the_exact_class_denoisers():
+    """Class 0 is flat dark (-0.8), class 1 flat light (+0.8); the network is exact.
+
+    w = 1 is the exact conditional model: every sample is its class's image. w = 0
+    ignores the labels (the same images whatever they are), and w = 3 pushes further
+    towards the class, so the class still decides the colour.
+    """
+    model = analytic_model([-0.8, 0.8], [0.0, 0.0], SHAPE, T=50, num_classes=2)
     labels = np.array([0, 1] * 4)
-    gaps = {}
-    for w in (0.0, 1.0, 3.0):
-        means = model.sample(8, steps=25, seed=5, labels=labels, guidance_scale=w).mean(axis=(1, 2, 3))
-        gaps[w] = means[labels == 1].mean() - means[labels == 0].mean()
-        if w == 3.0:  # Every light sample is lighter than every dark one.
-            assert means[labels == 1].min() > means[labels == 0].max() + 0.5
-    assert abs(gaps[0.0]) < 0.2  # w = 0 ignores the labels.
-    assert gaps[3.0] > gaps[1.0] > 0.5
+    target = np.where(labels == 1, 0.8, -0.8)
+    for sampler_steps in (25, None):
+        exact = model.sample(8, steps=sampler_steps, seed=5, labels=labels, guidance_scale=1.0)
+        np.testing.assert_allclose(exact.mean(axis=(1, 2, 3)), target, atol=1e-3)
+    pushed = model.sample(8, steps=25, seed=5, labels=labels, guidance_scale=3.0)
+    assert np.all(pushed.mean(axis=(1, 2, 3)) * np.sign(target) > 0.75)
+    np.testing.assert_array_equal(
+        model.sample(8, steps=25, seed=5, labels=labels, guidance_scale=0.0),
+        model.sample(8, steps=25, seed=5, labels=1 - labels, guidance_scale=0.0),
+    )
 
-def test_conditional_model_round_trips_through_keras_file(two_colour_model, tmp_path):
-    model = two_colour_model
+
+def test_conditional_model_round_trips_through_keras_file(tmp_path):
+    network = NaiveUnet(SHAPE, n_feat=8, num_classes=2)
+    model = DiffusionModel(network, T=20, schedule="cosine", prediction="v", num_classes=2, seed=0)
     model.save(tmp_path / "cond.keras")
     loaded = keras.models.load_model(tmp_path / "cond.keras")
     assert (loaded.num_classes, loaded.cond_drop_prob, loaded.prediction) == (2, 0.1, "v")
@@ -115,12 +126,8 @@ def test_prediction_targets_and_their_noise_conversion(prediction):
     T, seed = 40, 11
     model = DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=T, seed=seed, prediction=prediction)
     images = np.random.default_rng(2).uniform(-1, 1, (8,) + SHAPE).astype("float32")
-    drawn = []
-    draw = model._training_draws
-    model._training_draws = lambda shape: drawn.append(draw(shape)) or drawn[-1]
-    loss = float(model.diffusion_loss(ops.convert_to_tensor(images)))
-
-    (t, noises), = drawn  # The loss's own draws of t and eps.
+    t, noises = model.training_draws(images.shape)  # The model's own draws of t and eps.
+    loss = float(model.diffusion_loss(ops.convert_to_tensor(images), draws=(t, noises)))
     noises = numpy(noises)
     tn = ops.convert_to_numpy(t)
     alphabar = np.cumprod(1 - np.linspace(1e-4, 0.02, T, dtype=np.float64))[tn - 1]

@@ -33,8 +33,8 @@ def offline(monkeypatch):
 
 
 @pytest.fixture
-def mock_tfds(online):
-    """Runs the real TFDS code path on random examples, offline."""
+def mock_tfds():
+    """Runs the real TFDS code path on random examples, offline, with TFDS' own mock alone."""
     with tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES):
         yield
 
@@ -231,6 +231,21 @@ def test_flat_image_folder(tmp_path):
         warnings.simplefilter("error")  # nothing to skip: no warning
         images = all_batches(data.load_dataset(tmp_path, batch_size=2, num_examples=4))
     assert images.shape == (4, 64, 64, 3)
+
+
+def test_truncated_jpegs_are_skipped_and_a_folder_of_them_is_an_error(tmp_path):
+    """Pillow's `verify()` passes a truncated JPEG that no decoder can read."""
+    for index in range(3):
+        _write_image(tmp_path / f"{index}.jpg", (64, 64), (200, 30 * index, 90))
+    whole = (tmp_path / "0.jpg").read_bytes()
+    (tmp_path / "0.jpg").write_bytes(whole[: len(whole) // 2])
+    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable image file\(s\)"):
+        images = all_batches(data.load_dataset(tmp_path, batch_size=2))
+    assert images.shape == (2, 64, 64, 3)
+    for index in (1, 2):
+        (tmp_path / f"{index}.jpg").write_bytes(whole[: len(whole) // 2])
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="No readable images"):
+        data.load_dataset(tmp_path)
 
 
 def test_empty_image_folder_raises(tmp_path):

@@ -35,12 +35,8 @@ def test_loss_is_the_lectures_mse_with_t_in_1_to_T():
     T, seed = 50, 3
     model = small_model(T=T, seed=seed)
     images = random_images(16)
-    drawn = []
-    draw = model._training_draws
-    model._training_draws = lambda shape: drawn.append(draw(shape)) or drawn[-1]
-    loss = float(model.diffusion_loss(ops.convert_to_tensor(images)))
-
-    (t, noises), = drawn
+    t, noises = model.training_draws(images.shape)
+    loss = float(model.diffusion_loss(ops.convert_to_tensor(images), draws=(t, noises)))
     x_t = model.q_sample(images, t, noises)
     pred = model.network([x_t, ops.reshape(ops.cast(t, "float32") / T, (-1, 1))])
     expected = np.mean((ops.convert_to_numpy(noises) - ops.convert_to_numpy(pred)) ** 2)
@@ -51,7 +47,7 @@ def test_loss_is_the_lectures_mse_with_t_in_1_to_T():
 
 def test_training_draws_cover_1_to_T_and_are_standard_normal():
     model = small_model(T=5, seed=0)
-    draws = [model._training_draws((256, 4, 4, 1)) for _ in range(4)]
+    draws = [model.training_draws((256, 4, 4, 1)) for _ in range(4)]
     timesteps = np.concatenate([ops.convert_to_numpy(t) for t, _ in draws])
     assert set(timesteps.tolist()) == {1, 2, 3, 4, 5}
     noises = np.stack([ops.convert_to_numpy(noise) for _, noise in draws])

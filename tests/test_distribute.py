@@ -35,20 +35,26 @@ images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype("float32
 pattern = np.random.default_rng(1).normal(size=(1, 32, 32, 3)).astype("float32")
 
 
-def same_draws_for_every_image(shape):
+def same_draws_for_every_image(shape, step=None):
     # t and eps depend only on the image's position in its own batch: with 8 images
     # split 4 + 4, or not split, each image gets the same t = 1 + index % 4 * 3 and eps.
     t = 1 + (ops.arange(shape[0], dtype="int32") % 4) * 3
     return t, ops.broadcast_to(pattern, shape) * ops.cast(ops.reshape(t, (-1, 1, 1, 1)), "float32") / T
 
 
-def one_step(strategy, draws=None):
+class FixedDraws(DiffusionModel):
+    """Trains on `same_draws_for_every_image` (the public `training_draws` overridden)."""
+
+    def training_draws(self, image_shape, step=None):
+        return same_draws_for_every_image(image_shape, step)
+
+
+def one_step(strategy, fixed_draws=False):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = DiffusionModel(NaiveUnet((32, 32, 3), n_feat=8), T=T, seed=0)
+        model_class = FixedDraws if fixed_draws else DiffusionModel
+        model = model_class(NaiveUnet((32, 32, 3), n_feat=8), T=T, seed=0)
         model.compile(optimizer=keras.optimizers.SGD(0.5))
-    if draws is not None:
-        model._training_draws = draws
     before = [v.numpy() for v in model.network.trainable_variables]
     loss = model.fit(images, batch_size=8, epochs=1, shuffle=False, verbose=0).history["loss"][0]
     after = [v.numpy() for v in model.network.trainable_variables]
@@ -56,13 +62,13 @@ def one_step(strategy, draws=None):
 
 
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-model, loss_2, updates_2 = one_step(mirrored, same_draws_for_every_image)
-_, loss_1, updates_1 = one_step(tf.distribute.get_strategy(), same_draws_for_every_image)
+model, loss_2, updates_2 = one_step(mirrored, fixed_draws=True)
+_, loss_1, updates_1 = one_step(tf.distribute.get_strategy(), fixed_draws=True)
 update_1, update_2 = (np.concatenate([u.ravel() for u in updates]) for updates in (updates_1, updates_2))
 
 # The model's own draws, on each replica.
 model, _, _ = one_step(mirrored)
-draw = tf.function(lambda: mirrored.run(model._training_draws, args=((4, 32, 32, 3),)))
+draw = tf.function(lambda: mirrored.run(model.training_draws, args=((4, 32, 32, 3),)))
 (t_a, t_b), (noise_a, noise_b) = [mirrored.experimental_local_results(v) for v in draw()]
 later_noise_a = mirrored.experimental_local_results(draw()[1])[0]
 print(json.dumps({

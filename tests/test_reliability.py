@@ -101,12 +101,101 @@ def test_killed_training_resumes_from_its_last_completed_epoch(resumed_run):
 
 
 @pytest.mark.slow
+def test_a_killed_and_resumed_run_has_the_losses_of_an_uninterrupted_one(resumed_run, tmp_path):
+    """Same data order and training draws in every epoch, resumed or not: bit-exact."""
+    folder = resumed_run[0]
+    argv = RESUME_ARGS + ["--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    uninterrupted = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert json.loads((folder / "out" / "history.json").read_text()) == uninterrupted
+
+
+class Killed(BaseException):
+    """A kill as the code sees it: no `except Exception` handler stops it."""
+
+
+# Two epochs of one step each: 2 checkpoint saves of 2 renames, then model and history.
+KILL_ARGS = [
+    "train", "--dataset", "shapes", "--num-examples", "32", "--batch-size", "32",
+    "--epochs", "2", "--n-feat", "8", "--T", "10", "--n-samples", "1", "--sample-steps", "1",
+    "--grid-every", "1000",
+]
+
+
+def _history(folder):
+    return json.loads((folder / "out" / "history.json").read_text())
+
+
+def _train_until_killed(argv, kill_point, monkeypatch):
+    """Runs `keras-ddpm train` in-process, killed at `kill_point(replace)` of os.replace.
+
+    `kill_point` wraps the real `os.replace` and raises `Killed` where the kill falls.
+    """
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", kill_point(real_replace))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), pytest.raises(Killed):
+            cli.main(argv)
+    finally:
+        monkeypatch.setattr(os, "replace", real_replace)
+
+
+def _nth_rename(n, after):
+    """A kill point: just before (or just after) the n-th rename of the run."""
+
+    def kill_point(real_replace):
+        count = [0]
+
+        def replace(source, target, *args, **kwargs):
+            count[0] += 1
+            if count[0] == n and not after:
+                raise Killed(f"before rename {n}: {target}")
+            real_replace(source, target, *args, **kwargs)
+            if count[0] == n and after:
+                raise Killed(f"after rename {n}: {target}")
+
+        return replace
+
+    return kill_point
+
+
+@pytest.mark.slow
+def test_kills_at_every_rename_resume_to_the_uninterrupted_history(tmp_path, monkeypatch):
+    """Fault injection: a run killed just before or just after each of its renames (the
+    checkpoint's weights and metadata, the model, the history), then run again, ends with
+    the history of a run never killed, and every checkpoint it left was whole."""
+    def argv(folder):
+        return KILL_ARGS + ["--checkpoint-dir", str(folder / "ck"), "--out", str(folder / "out")]
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv(tmp_path / "reference")) == 0
+    expected = _history(tmp_path / "reference")
+    renames = 2 * 2 + 2
+    kills = 0
+    for n in range(1, renames + 1):
+        for after in (False, True):
+            folder = tmp_path / f"kill-{n}-{after}"
+            _train_until_killed(argv(folder), _nth_rename(n, after), monkeypatch)
+            kills += 1
+            backup = BackupAndRestore(folder / "ck")
+            if backup.weights_path is not None:  # A committed checkpoint is whole.
+                saving.load_model(tmp_path / "reference" / "out" / "model.keras").load_weights(
+                    backup.weights_path)
+            with contextlib.redirect_stdout(io.StringIO()):
+                assert cli.main(argv(folder)) == 0
+            assert _history(folder) == expected, (n, after)
+    assert kills == 12
+
+
+@pytest.mark.slow
 def test_cli_divergence_names_epoch_and_step_and_keeps_the_last_good_files(
     resumed_run, tmp_path, capsys
 ):
     folder = resumed_run[0]
     shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
-    files = [tmp_path / "ck" / "latest.weights.h5", tmp_path / "ck" / "training_metadata.json",
+    files = [pathlib.Path(BackupAndRestore(tmp_path / "ck").weights_path),
+             tmp_path / "ck" / "training_metadata.json",
              tmp_path / "out" / "model.keras", tmp_path / "out" / "history.json"]
     before = [path.read_bytes() for path in files]
     argv = RESUME_ARGS + ["--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
@@ -128,7 +217,7 @@ def test_cli_checkpoint_holds_the_raw_weights_when_training_with_ema(tmp_path):
         assert cli.main(argv) == 0
     final = saving.load_model(tmp_path / "out" / "model.keras")  # EMA weights, as fit ends.
     checkpoint = saving.load_model(tmp_path / "out" / "model.keras")
-    checkpoint.load_weights(tmp_path / "ck" / "latest.weights.h5")
+    checkpoint.load_weights(BackupAndRestore(tmp_path / "ck").weights_path)
     averages = [v for v in checkpoint.optimizer.variables if "average" in v.path]
     weights = checkpoint.network.trainable_variables
     assert len(averages) == len(weights)
@@ -405,23 +494,64 @@ def test_checkpoint_dir_that_is_a_file_is_a_clear_error(tmp_path, capsys):
 # --- memory ------------------------------------------------------------------------------
 
 
-def test_sample_in_chunks_never_runs_more_than_batch_size_images():
+def test_sample_in_chunks_never_runs_more_than_batch_size_images(monkeypatch):
+    from keras_ddpm.generation import ReverseProcess
+
     model = small_model()
     seen = []
-    make_segment = model._segment_function
+    make_loop = ReverseProcess.loop
 
-    def recording_segment_function(*args, **kwargs):
-        segment = make_segment(*args, **kwargs)
+    def recording_loop(self, *args, **kwargs):
+        loop = make_loop(self, *args, **kwargs)
 
-        def recording_segment(x, *segment_args):
+        def recording(x, *loop_args):
             seen.append(int(x.shape[0]))  # The images the compiled loop holds.
-            return segment(x, *segment_args)
+            return loop(x, *loop_args)
 
-        return recording_segment
+        return recording
 
-    model._segment_function = recording_segment_function
+    monkeypatch.setattr(ReverseProcess, "loop", recording_loop)
     images = model.sample(4, steps=3, seed=4, batch_size=2)
     assert images.shape == (4,) + SHAPE
     assert seen == [2, 2]  # One compiled segment per chunk of 2 images.
     # The first chunk does not depend on how many images follow it.
     np.testing.assert_array_equal(model.sample(2, steps=3, seed=4, batch_size=2), images[:2])
+
+
+@pytest.mark.slow
+def test_kills_at_random_moments_resume_to_the_uninterrupted_history(tmp_path):
+    """Fault injection at random moments (a timer signal): 8 kills in one run's life."""
+    import random
+    import time
+
+    def argv(folder):
+        return KILL_ARGS + ["--checkpoint-dir", str(folder / "ck"), "--out", str(folder / "out")]
+
+    start = time.monotonic()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv(tmp_path / "reference")) == 0
+    duration = time.monotonic() - start
+    expected = _history(tmp_path / "reference")
+
+    def kill(signum, frame):
+        raise Killed("timer")
+
+    previous = signal.signal(signal.SIGALRM, kill)
+    rng = random.Random(0)
+    kills = 0
+    try:
+        for _ in range(8):
+            signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.05, 1.2) * duration)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    cli.main(argv(tmp_path / "chain"))
+            except Killed:
+                kills += 1
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv(tmp_path / "chain")) == 0
+    assert _history(tmp_path / "chain") == expected
+    assert kills >= 4  # Most timers fall inside a run (measured: 6 of 8).

@@ -86,8 +86,18 @@ def test_cosine_tables_match_reference():
         ({"beta1": 1e-4, "beta2": 0.02, "T": 0}, "T must be at least 1"),
         ({"beta1": 1e-4, "beta2": 0.02, "T": 10.5}, "T must be an integer"),
         ({"beta1": 1e-4, "beta2": 0.02, "T": 10, "kind": "quadratic"}, "Unknown schedule kind"),
+        ({"beta1": 0.5, "beta2": 0.6, "T": 1000}, "destroys the signal: alphabar_T = 0 "),
+        ({"beta1": 0.01, "beta2": 0.2, "T": 1000}, r"alphabar_T = 1\.01e-49 is below 1e-20"),
     ],
 )
 def test_invalid_schedules_name_the_problem(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ddpm_schedule(**kwargs)
+
+
+def test_the_signal_limit_keeps_every_usual_schedule():
+    """Ho et al.'s and Nichol and Dhariwal's schedules stay well above MIN_ALPHABAR."""
+    from keras_ddpm.schedule import MIN_ALPHABAR
+
+    for kwargs in ({"T": 1000}, {"T": 1000, "kind": "cosine"}, {"T": 2, "kind": "cosine"}):
+        assert ddpm_schedule(**kwargs)["alphabar_t"][-1] > 1e6 * MIN_ALPHABAR

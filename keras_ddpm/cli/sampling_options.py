@@ -1,0 +1,147 @@
+"""The sampling options that `sample` and `evaluate` share, declared once.
+
+Each default mirrors `DiffusionModel.sample`'s, except two, said here once:
+`--clip-x0` is on (the library clips only in strided samplers by default: the
+lecture's DDPM formula is exact without it, but a briefly trained model drifts out
+of range), and `--batch-size` chunks the images (the library samples all at once)
+so that large `--n` runs in bounded memory.
+"""
+
+import argparse
+
+from keras_ddpm.cli import common
+
+# Images per sampling chunk in the command line: bounded memory for any --n.
+DEFAULT_BATCH_SIZE = 256
+
+# keras_ddpm.sampling.SAMPLERS and SPACINGS, written out so that --help does not
+# import TensorFlow (tests/test_generation.py pins them to the library's).
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpm++", "dpm++2m", "dpm++3m", "heun", "euler")
+SPACING_CHOICES = ("linspace", "leading", "trailing", "logsnr", "karras")
+
+
+def add_sampling_arguments(parser, labels=True):
+    """Adds --steps, --eta, --seed, --batch-size, --clip-x0, --jit-compile, --sampler, --spacing (and labels).
+
+    Args:
+        parser: `argparse.ArgumentParser` of a subcommand.
+        labels: bool. Also add --labels and --guidance-scale (class-conditional
+            models); False adds --guidance-scale alone.
+
+    Example:
+    >>> parser = argparse.ArgumentParser()
+    >>> add_sampling_arguments(parser)
+    >>> parser.parse_args(["--steps", "50"]).steps
+    50
+    """
+    group = parser.add_argument_group("sampling")
+    group.add_argument(
+        "--steps",
+        metavar="STEPS",
+        type=common.positive_int,
+        default=None,
+        help="reverse steps, in 1..T; fewer than T samples with DDIM "
+        "(default: all T steps, the DDPM sampler)",
+    )
+    group.add_argument(
+        "--eta",
+        type=common.unit_interval,
+        default=0.0,
+        help="DDIM stochasticity, in [0, 1], used when --steps < T: 0 is deterministic, "
+        "1 adds DDPM-like noise",
+    )
+    group.add_argument(
+        "--seed",
+        type=common.seed_type,
+        default=0,
+        help="seed of the noise; the same seed gives the same images",
+    )
+    group.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=common.positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help="generate in chunks of this many images to bound memory; the images "
+        "depend on it",
+    )
+    group.add_argument(
+        "--clip-x0",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=common.CLIP_X0_HELP,
+    )
+    group.add_argument(
+        "--jit-compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=common.JIT_COMPILE_HELP,
+    )
+    group.add_argument(
+        "--sampler",
+        choices=SAMPLER_CHOICES,
+        default=None,
+        help="reverse sampler: ddpm (all T steps), ddim, dpm++ (DPM-Solver++ 2M), dpm++3m, "
+        "heun or euler (Karras noise levels) (default: ddpm for T steps, ddim for fewer)",
+    )
+    group.add_argument(
+        "--spacing",
+        choices=SPACING_CHOICES,
+        default=None,
+        help="timestep spacing of the strided samplers (default: the sampler's own: "
+        "trailing for ddim, logsnr for dpm++, karras for heun and euler)",
+    )
+    if labels:
+        group.add_argument(
+            "--labels",
+            metavar="ID,ID,...",
+            type=common.integer_list("class ids like 0,1,2"),
+            default=None,
+            help="class ids of a conditional model's images: one id for all, or one per "
+            "image, repeated to fill --n (default: unconditional)",
+        )
+    group.add_argument(
+        "--guidance-scale",
+        metavar="W",
+        type=common.non_negative_float,
+        default=None,
+        help="classifier-free guidance of a conditional model: 0 ignores the labels, 1 is "
+        "plain conditional, larger pushes harder towards the class (default: 2.0 with labels)",
+    )
+
+
+def sampling_kwargs(args):
+    """The keyword arguments of `DiffusionModel.sample` that these options give.
+
+    Example:
+    >>> parser = argparse.ArgumentParser()
+    >>> add_sampling_arguments(parser)
+    >>> sampling_kwargs(parser.parse_args(["--steps", "50"]))["steps"]
+    50
+    """
+    return {
+        "steps": args.steps,
+        "eta": args.eta,
+        "seed": args.seed,
+        "clip_x0": args.clip_x0,
+        "batch_size": args.batch_size,
+        "guidance_scale": args.guidance_scale,
+        "sampler": args.sampler,
+        "spacing": args.spacing,
+    }
+
+
+def sampling_labels(model, labels, n):
+    """The --labels of a command, repeated to `n`, checked against the model.
+
+    Example:
+    >>> sampling_labels(None, None, 4) is None
+    True
+    """
+    if labels is None:
+        return None
+    if model.num_classes is None:
+        raise common.CommandError(
+            "--labels needs a class-conditional model (trained with --conditional); this one "
+            "is unconditional"
+        )
+    return [labels[i % len(labels)] for i in range(n)]

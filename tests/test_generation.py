@@ -1,0 +1,182 @@
+"""The reverse process (keras_ddpm.generation) and sampling arguments, with analytic networks."""
+import numpy as np
+import pytest
+import keras
+from keras import ops
+
+from keras_ddpm import DiffusionModel, ddpm_schedule, generation, plotting, sampling
+
+SHAPE = (8, 8, 1)
+K = 3  # Classes of the conditional analytic network; K is "no class".
+
+
+class AnalyticConditional(keras.layers.Layer):
+    """eps(x_t, t, label) = 0.3 x_t (1 + t) + 0.1 label: no weights, known guidance."""
+
+    def call(self, inputs):
+        x_t, t, label = inputs
+        label = ops.reshape(ops.cast(label, "float32"), (-1, 1, 1, 1))
+        return 0.3 * x_t * (1.0 + ops.reshape(t, (-1, 1, 1, 1))) + 0.1 * label
+
+
+class AnalyticNoise(keras.layers.Layer):
+    def call(self, inputs):
+        x_t, t = inputs
+        return 0.3 * x_t * (1.0 + ops.reshape(t, (-1, 1, 1, 1)))
+
+
+def analytic_model(T=20, conditional=False):
+    inputs = [keras.Input(SHAPE), keras.Input((1,))]
+    if conditional:
+        inputs.append(keras.Input((1,), dtype="int32"))
+        network = keras.Model(inputs, AnalyticConditional()(inputs))
+        return DiffusionModel(network, T=T, num_classes=K)
+    return DiffusionModel(keras.Model(inputs, AnalyticNoise()(inputs)), T=T)
+
+
+def guided_eps(T, w):
+    """The guided noise estimate of the conditional analytic model, written out."""
+
+    def denoise(x_t, t, labels):
+        mix = K + w * (ops.cast(labels, "float32") - K)
+        return (0.3 * x_t * (1.0 + ops.reshape(ops.cast(t, "float32") / T, (-1, 1, 1, 1)))
+                + 0.1 * ops.reshape(mix, (-1, 1, 1, 1)))
+
+    return denoise
+
+
+@pytest.mark.parametrize("name", ["dpm++", "heun", "ddim"])
+def test_labels_and_guidance_reach_every_sampler(name):
+    T, w, labels = 20, 2.5, np.array([0, 2, 1], np.int32)
+    model = analytic_model(T, conditional=True)
+    images = model.sample(3, steps=5, sampler=name, labels=labels, guidance_scale=w, seed=1)
+    sampler = sampling.get_sampler(name)
+    process = generation.ReverseProcess(guided_eps(T, w), SHAPE, model.tables)
+    plan = generation.make_plan(sampler, model.tables, 5)
+    expected = process.run(3, sampler, plan, 1, conditions={"labels": labels})
+    np.testing.assert_allclose(images, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,resample", [("dpm++", 1), ("heun", 2), ("euler", 1)])
+def test_inpainting_keeps_known_pixels_with_any_sampler(name, resample):
+    model = analytic_model()
+    images = np.random.default_rng(0).uniform(-1, 1, (2,) + SHAPE).astype("float32")
+    mask = np.ones(SHAPE[:2])
+    mask[2:6, 2:6] = 0
+    out = model.inpaint(images, mask, steps=4, sampler=name, seed=3, resample=resample)
+    keep = np.broadcast_to(mask[None, :, :, None] == 1, images.shape)
+    np.testing.assert_array_equal(out[keep], images[keep])
+    assert np.all(np.isfinite(out)) and np.abs(out[~keep] - images[~keep]).mean() > 0.05
+    # Nothing known: plain sampling with the same sampler.
+    np.testing.assert_array_equal(
+        model.inpaint(images, np.zeros(SHAPE[:2]), steps=4, sampler=name, seed=3),
+        model.sample(2, steps=4, sampler=name, seed=3),
+    )
+
+
+def test_frames_say_which_timestep_was_sampled():
+    model = analytic_model(T=100)
+    _, frames = model.sample(1, steps=4, frames=np.array([100, 60, 0]), seed=0)
+    assert sorted(frames) == [0, 60, 100]
+    assert frames.sampled == {100: 100, 60: 50, 0: 0}
+    figure = plotting.plot_frames(frames)
+    assert [axes.get_title() for axes in figure.axes] == ["t = 100", "t = 50", "t = 0"]
+    # Heun: a frame is taken after the correction at its timestep, not the Euler guess.
+    _, heun_frames = model.sample(1, steps=3, sampler="heun", frames=[50], seed=0)
+    _, plain = model.sample(1, steps=3, sampler="heun", frames=[50, 49], seed=0)
+    t = heun_frames.sampled[50]
+    assert t < 50 and heun_frames.sampled == {50: t}
+    np.testing.assert_array_equal(heun_frames[50], plain[50])
+
+
+def test_the_compiled_loop_is_cached_by_sampler_object():
+    process = generation.ReverseProcess(lambda x_t, t: 0 * x_t, SHAPE, ddpm_schedule(T=10))
+    assert process.loop(sampling.DDIMSampler(0.5)) is process.loop(sampling.DDIMSampler(0.5))
+    assert process.loop(sampling.DDIMSampler(0.5)) is not process.loop(sampling.DDIMSampler(0.0))
+    assert process.loop(sampling.EulerSampler()) is not process.loop(sampling.HeunSampler())
+    assert process.loop(sampling.EulerSampler()) is not process.loop(sampling.EulerSampler(), 2)
+
+
+def test_seed_layout():
+    """x_T of chunk c comes from (seed, c (S + 1)); step i's k-th draw from (seed + k, c (S + 1) + 1 + i)."""
+    sched = ddpm_schedule(T=10)
+    process = generation.ReverseProcess(lambda x_t, t: 0 * x_t, SHAPE, sched)
+    sampler = sampling.DDIMSampler(0.0, clip_x0=False)
+    plan = generation.make_plan(sampler, sched, 4, frames=[10])
+    _, frames = process.run(3, sampler, plan, seed=9, batch_size=2)
+    for chunk, rows in ((0, slice(0, 2)), (1, slice(2, 3))):
+        x_T = sampling.stateless_normal((rows.stop - rows.start,) + SHAPE,
+                                        ops.convert_to_tensor([9, chunk * 5], "int32"))
+        np.testing.assert_array_equal(frames[10][rows], ops.convert_to_numpy(x_T))
+    assert ops.convert_to_numpy(generation.noise_seed(9, 1, 4, step=2, draw=1)).tolist() == [10, 8]
+
+
+# --- argument checks (issue 11) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eta", [float("nan"), float("inf"), -1.0, 1.5, "0.5", True, None])
+def test_eta_must_be_a_finite_number_in_0_1(eta):
+    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\]"):
+        analytic_model().sample(1, steps=4, eta=eta)
+    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\]"):
+        sampling.DDIMSampler(eta=eta)
+
+
+@pytest.mark.parametrize("clip_x0", ["no", 0, 1.0, "False"])
+def test_clip_x0_must_be_a_bool(clip_x0):
+    with pytest.raises(TypeError, match="clip_x0 must be True or False"):
+        analytic_model().sample(1, steps=4, clip_x0=clip_x0)
+    with pytest.raises(TypeError, match="clip_x0 must be True or False"):
+        sampling.DPMSolverSampler(clip_x0=clip_x0)
+    analytic_model().sample(1, steps=4, clip_x0=np.bool_(False))
+
+
+@pytest.mark.parametrize("frames", ["1000", "20,0", [1.5], [[20, 0]]])
+def test_frames_must_be_integer_timesteps(frames):
+    with pytest.raises(TypeError, match="frames must be integer timesteps"):
+        analytic_model().sample(1, steps=4, frames=frames)
+
+
+@pytest.mark.parametrize("seed", [2**31 - 1, 2**40, -1, 1.5, True, "3"])
+def test_seeds_outside_the_supported_range_are_refused(seed):
+    with pytest.raises(ValueError, match="seed must be"):
+        analytic_model().sample(1, steps=4, seed=seed)
+
+
+def test_largest_seed_works_and_differs_from_its_residue():
+    model = analytic_model()
+    top = model.sample(1, steps=4, seed=2**31 - 2)
+    assert np.all(np.isfinite(top))
+    assert np.abs(top - model.sample(1, steps=4, seed=0)).max() > 0.01
+
+
+def test_non_finite_samples_are_an_error():
+    process = generation.ReverseProcess(lambda x_t, t: x_t * np.nan, SHAPE, ddpm_schedule(T=10))
+    sampler = sampling.DDIMSampler(0.0, clip_x0=False)
+    with pytest.raises(FloatingPointError, match="non-finite values"):
+        process.run(2, sampler, generation.make_plan(sampler, process.schedule, 3), seed=0)
+
+
+def test_cli_choices_are_the_library_constants():
+    import argparse
+
+    from keras_ddpm.cli import common, sampling_options
+
+    assert sampling_options.SAMPLER_CHOICES == sampling.SAMPLERS
+    assert sampling_options.SPACING_CHOICES == sampling.SPACINGS
+    assert common.MAX_SEED == generation.MAX_SEED
+    parser = argparse.ArgumentParser()
+    sampling_options.add_sampling_arguments(parser)
+    args = parser.parse_args(["--sampler", "dpm++", "--spacing", "logsnr"])
+    kwargs = sampling_options.sampling_kwargs(args)
+    assert (kwargs["sampler"], kwargs["spacing"]) == ("dpm++", "logsnr")
+
+
+@pytest.mark.parametrize("module", [sampling, generation], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    """The examples of the sampling modules, executed (set-up: keras, np, ddpm_schedule)."""
+    import doctest
+
+    globs = dict(vars(module), keras=keras, np=np, ddpm_schedule=ddpm_schedule)
+    result = doctest.testmod(module, globs=globs, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 10 and result.failed == 0
