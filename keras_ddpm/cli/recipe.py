@@ -140,7 +140,8 @@ def make_optimizer(args, dataset):
     """Adam with --lr, --warmup-steps, --lr-decay and --clipnorm over the run's steps."""
     from keras_ddpm.optimizers import make_optimizer as make
 
-    steps_per_epoch = int(dataset.cardinality())
+    # An endless stream of epochs (a resumable run) says how many steps make one.
+    steps_per_epoch = getattr(dataset, "steps_per_epoch", None) or int(dataset.cardinality())
     total_steps = args.epochs * steps_per_epoch if steps_per_epoch > 0 else None
     warmup_steps = args.warmup_steps
     if total_steps is not None:
