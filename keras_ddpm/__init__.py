@@ -22,6 +22,9 @@ _EXPORTS = {
     "UnetDownLayer": "keras_ddpm.layers",
     "UnetUpLayer": "keras_ddpm.layers",
     "NaiveUnet": "keras_ddpm.unet",
+    "Unet": "keras_ddpm.unet",
+    "AttentionBlock": "keras_ddpm.unet_blocks",
+    "ResidualBlock": "keras_ddpm.unet_blocks",
     "DiffusionModel": "keras_ddpm.diffusion",
     "ddpm_schedule": "keras_ddpm.schedule",
 }

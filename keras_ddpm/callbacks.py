@@ -2,7 +2,8 @@
 
 `SampleGrid` draws a grid of samples every few epochs with a fixed seed, so
 the grids of successive epochs show the same trajectories getting better.
-To sample with the optimizer's EMA weights during training, put Keras'
+A model with `ema_decay` is sampled with its weight averages. To sample with
+the optimizer's EMA weights (`use_ema=True`) instead, put Keras'
 `keras.callbacks.SwapEMAWeights(swap_on_epoch=True)` before it in the list.
 
 For long runs, `BackupAndRestore` resumes where a killed run stopped and
@@ -15,6 +16,7 @@ For long runs, `BackupAndRestore` resumes where a killed run stopped and
     model.fit(dataset, epochs=100, callbacks=callbacks)
 """
 
+import contextlib
 import glob
 import json
 import math
@@ -92,14 +94,20 @@ class SampleGrid(keras.callbacks.Callback):
         labels = self.labels
         if labels is None and self.model.num_classes is not None:
             labels = np.arange(self.n) % self.model.num_classes
-        images = self.model.sample(
-            self.n,
-            steps=self.steps,
-            seed=self.seed,
-            labels=labels,
-            guidance_scale=self.guidance_scale,
-            verbose=0,
-        )
+        average = getattr(self.model, "weight_average", None)
+        with (
+            average.swapped_in(self.model.network.trainable_variables)
+            if average is not None
+            else contextlib.nullcontext()
+        ):
+            images = self.model.sample(
+                self.n,
+                steps=self.steps,
+                seed=self.seed,
+                labels=labels,
+                guidance_scale=self.guidance_scale,
+                verbose=0,
+            )
         self.images[done] = images
         if self.directory is not None:
             plotting.save_image_grid(images, self.directory / f"samples_epoch_{done:04d}.png")

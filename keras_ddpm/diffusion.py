@@ -18,10 +18,12 @@ import keras
 from keras import ops
 
 from keras_ddpm import distribute, generation, sampling
-from keras_ddpm.schedule import ddpm_schedule
+from keras_ddpm.ema import WeightAverage
+from keras_ddpm.schedule import ddpm_schedule, min_snr_weights
 
 SAMPLERS = sampling.SAMPLERS
 PREDICTIONS = ("epsilon", "v", "x0")
+LOSS_WEIGHTINGS = (None, "min_snr")
 
 # Classifier-free guidance scale used when labels are given without a scale:
 # eps = eps(no class) + w * (eps(class) - eps(no class)).
@@ -66,6 +68,15 @@ class DiffusionModel(keras.Model):
         cond_drop_prob: float in [0, 1). Probability of training a
             conditional model without its label (classifier-free guidance).
         seed: int or None. Seed of the training noise and timesteps.
+        loss_weighting: str or None. None: the plain mean squared error
+            (the lecture's); `"min_snr"`: each timestep's error weighted by
+            Min-SNR-gamma (Hang et al. 2023, `schedule.min_snr_weights`).
+        min_snr_gamma: float > 0. The SNR cap of `"min_snr"`.
+        ema_decay: float in [0, 1) or None. Keep an exponential moving
+            average of the network's weights with this decay and a warm-up
+            (`keras_ddpm.ema`); `fit` ends with the averages in the network,
+            so sampling and the saved model use them, and starts by putting
+            the training weights back. None: no average (the lecture's).
         **kwargs: standard `keras.Model` arguments (`name`...).
 
     Example:
@@ -94,6 +105,9 @@ class DiffusionModel(keras.Model):
         num_classes=None,
         cond_drop_prob=0.1,
         seed=None,
+        loss_weighting=None,
+        min_snr_gamma=5.0,
+        ema_decay=None,
         **kwargs,
     ):
         # Mixed precision: the model follows its network's dtype policy (the
@@ -117,6 +131,12 @@ class DiffusionModel(keras.Model):
                 f"prediction must be one of {PREDICTIONS}, got {prediction!r}."
             )
         _check_conditioning(network, num_classes, cond_drop_prob)
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}."
+            )
+        # Validates gamma for every model, so a bad value fails where it is given.
+        self._loss_weights = min_snr_weights(tables["alphabar_t"], min_snr_gamma, prediction)
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
             or not 0 <= seed <= MAX_SEED
@@ -132,6 +152,13 @@ class DiffusionModel(keras.Model):
         self.num_classes = num_classes
         self.cond_drop_prob = float(cond_drop_prob)
         self.seed = seed
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = float(min_snr_gamma)
+        self.ema_decay = None if ema_decay is None else float(ema_decay)
+        self.weight_average = None
+        if ema_decay is not None:
+            self.weight_average = WeightAverage(ema_decay, name="weight_average")
+            self.weight_average.track(network.trainable_variables)
         self.image_shape = tuple(network.inputs[0].shape[1:])
         # Derived from the scalars once; the config stores only the scalars.
         self._tables = tables
@@ -217,7 +244,8 @@ class DiffusionModel(keras.Model):
         Draws t uniformly in 1..T and eps ~ N(0, I) for every image
         (`training_draws`), noises the images with `q_sample` and compares
         the network's prediction with its target: eps (the lecture's), v or
-        x0 as `prediction` says. A conditional model replaces each label by
+        x0 as `prediction` says, each image's error weighted by its
+        timestep's weight when `loss_weighting="min_snr"`. A conditional model replaces each label by
         "no class" with probability `cond_drop_prob`.
 
         Args:
@@ -247,7 +275,10 @@ class DiffusionModel(keras.Model):
         else:
             labels = self._drop_labels(self._check_training_labels(labels), step)
         outputs = ops.cast(self.network_output(noisy_images, t, labels, training), "float32")
-        return ops.mean(ops.square(self.prediction_target(images, noises, t) - outputs))
+        errors = ops.square(self.prediction_target(images, noises, t) - outputs)
+        if self.loss_weighting is None:
+            return ops.mean(errors)
+        return ops.mean(sampling.gather(self._loss_weights, t) * errors)
 
     def prediction_target(self, images, noises, t):
         """What the network learns to output for `x_t = q_sample(images, t, noises)`.
@@ -372,6 +403,8 @@ class DiffusionModel(keras.Model):
 
         Datasets from `keras_ddpm.data.load_dataset` shuffle themselves, so
         `shuffle` defaults to False for them (Keras would ignore it and warn).
+        With `ema_decay`, the network holds the weight averages after `fit`
+        (see `keras_ddpm.ema`).
 
         Example:
         >>> model.fit(load_dataset("shapes", batch_size=32), epochs=1)
@@ -379,7 +412,13 @@ class DiffusionModel(keras.Model):
         if type(x).__module__.startswith("tensorflow") and len(args) < 7:
             kwargs.setdefault("shuffle", False)
         _warn_if_not_model_range(_first_images(x))
-        return super().fit(x, *args, **kwargs)
+        if self.weight_average is None:
+            return super().fit(x, *args, **kwargs)
+        # Train the training weights; end with the averages in the network.
+        self.weight_average.swap_out(self.network.trainable_variables)
+        history = super().fit(x, *args, **kwargs)
+        self.weight_average.swap_in(self.network.trainable_variables)
+        return history
 
     def train_step(self, *args):
         """One optimisation step; called by `fit`.
@@ -413,6 +452,8 @@ class DiffusionModel(keras.Model):
         variables = self.network.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
+        if self.weight_average is not None:
+            self.weight_average.update(variables)
         self.loss_tracker.update_state(loss)
         return distribute.reducible_logs({"loss": self.loss_tracker.result()})
 
@@ -463,8 +504,25 @@ class DiffusionModel(keras.Model):
         trainable, optimizer_variables = self.optimizer.stateless_apply(
             optimizer_variables, gradients, trainable
         )
+        if self.weight_average is not None:
+            non_trainable = self._stateless_average(trainable, non_trainable)
         logs, metrics_variables = self._stateless_metrics(metrics_variables, loss)
         return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+    def _stateless_average(self, trainable, non_trainable):
+        """`non_trainable` with the weight averages moved towards `trainable`."""
+        average = self.weight_average
+        position = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
+        values = dict(zip(map(id, self.trainable_variables), trainable))
+        averages, updates = average.stateless_update(
+            [non_trainable[position[id(v)]] for v in average.averages],
+            non_trainable[position[id(average.updates)]],
+            [values[id(v)] for v in self.network.trainable_variables],
+        )
+        non_trainable = list(non_trainable)
+        for variable, value in zip(average.averages + [average.updates], averages + [updates]):
+            non_trainable[position[id(variable)]] = value
+        return non_trainable
 
     def _stateless_test_step(self, state, data):
         trainable, non_trainable, metrics_variables = state
@@ -828,6 +886,9 @@ class DiffusionModel(keras.Model):
             "num_classes": self.num_classes,
             "cond_drop_prob": self.cond_drop_prob,
             "seed": self.seed,
+            "loss_weighting": self.loss_weighting,
+            "min_snr_gamma": self.min_snr_gamma,
+            "ema_decay": self.ema_decay,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 

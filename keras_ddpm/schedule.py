@@ -182,3 +182,56 @@ def ddpm_schedule(beta1=1e-4, beta2=0.02, T=1000, kind="linear"):
         "posterior_std": np.sqrt(posterior_variance),
     }
     return {key: tables[key].astype(np.float32) for key in SCHEDULE_KEYS}
+
+
+LOSS_TARGETS = ("epsilon", "v", "x0")
+
+
+def min_snr_weights(alphabar_t, gamma=5.0, prediction="epsilon"):
+    """Min-SNR-gamma loss weights per timestep (Hang et al. 2023), as a table.
+
+    With SNR_t = alphabar_t / (1 - alphabar_t), weighting the loss of the
+    x0 prediction by min(SNR_t, gamma) balances the timesteps' conflicting
+    gradients. The same weighting, expressed for each training target:
+
+    | target      | weight                            |
+    | ----------- | --------------------------------- |
+    | `"epsilon"` | min(SNR_t, gamma) / SNR_t         |
+    | `"v"`       | min(SNR_t, gamma) / (SNR_t + 1)   |
+    | `"x0"`      | min(SNR_t, gamma)                 |
+
+    At t = 0 (SNR infinite, never trained on) the weights take their limits:
+    0, 0 and gamma.
+
+    Args:
+        alphabar_t: array `(T + 1,)`. The schedule's `alphabar_t` table.
+        gamma: float > 0. The SNR cap (5 in the paper).
+        prediction: str. The network's target: `"epsilon"`, `"v"` or `"x0"`.
+
+    Returns:
+        A float32 array `(T + 1,)`, indexed by the timestep.
+
+    Example:
+    >>> weights = min_snr_weights(ddpm_schedule()["alphabar_t"], 5.0, "epsilon")
+    >>> float(weights[1000])  # Noisy steps (SNR < gamma) keep weight 1.
+    1.0
+
+    References:
+        Hang et al., "Efficient Diffusion Training via Min-SNR Weighting
+        Strategy", arXiv:2303.09556 (2023).
+    """
+    if prediction not in LOSS_TARGETS:
+        raise ValueError(f"prediction must be one of {LOSS_TARGETS}, got {prediction!r}.")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
+        raise ValueError(f"min_snr_gamma must be a positive number, got {gamma!r}.")
+    alphabar = np.asarray(alphabar_t, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        snr = alphabar / (1.0 - alphabar)  # Infinite at t = 0.
+        capped = np.minimum(snr, gamma)
+        if prediction == "epsilon":
+            weights = np.minimum(1.0, gamma / snr)  # = capped / snr, also at SNR 0.
+        elif prediction == "v":
+            weights = np.where(np.isinf(snr), 0.0, capped / (snr + 1.0))
+        else:
+            weights = capped
+    return weights.astype(np.float32)

@@ -1,4 +1,4 @@
-"""`NaiveUnet`: the lecture's noise-prediction U-Net as a functional Keras model.
+"""`NaiveUnet`, the lecture's noise-prediction U-Net, and `Unet`, a modern one.
 
 Shapes through the network for a 32x32 input (64x64 doubles each spatial size):
 
@@ -24,23 +24,29 @@ import keras
 from keras import layers
 
 from keras_ddpm.layers import GROUPS, Conv3Layer, TimeLayer, UnetDownLayer, UnetUpLayer
+from keras_ddpm.unet_blocks import AttentionBlock, ResidualBlock, check_width
 
 SIZE_MULTIPLE = 32  # Three 2x poolings and one 4x pooling.
 
 
-def check_image_shape(input_shape):
+def check_image_shape(input_shape, multiple=SIZE_MULTIPLE, why=None):
     """Return `input_shape` as a tuple of ints, or raise a `ValueError`.
 
-    The U-Net needs height and width that are positive multiples of 32 and
-    at least one channel.
+    The U-Net needs height and width that are positive multiples of
+    `multiple` (32 for `NaiveUnet`) and at least one channel.
 
     Args:
         input_shape: tuple of 3 ints. `(height, width, channels)`.
+        multiple: int. What height and width must be multiples of.
+        why: str or None. The reason, for the error message (default:
+            NaiveUnet's).
 
     Example:
     >>> check_image_shape((64, 64, 3))
     (64, 64, 3)
     """
+    if why is None:
+        why = "for NaiveUnet (three 2x poolings and one 4x pooling)"
     try:
         shape = tuple(int(size) for size in input_shape)
     except (TypeError, ValueError):
@@ -52,15 +58,42 @@ def check_image_shape(input_shape):
             f"input_shape must be (height, width, channels), got {input_shape!r}."
         )
     height, width, channels = shape
-    if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+    if height <= 0 or width <= 0 or height % multiple or width % multiple:
         raise ValueError(
-            f"Image height and width must be positive multiples of {SIZE_MULTIPLE} "
-            f"for NaiveUnet (three 2x poolings and one 4x pooling), got "
-            f"{height}x{width}. Resize or crop the images, e.g. to 32x32 or 64x64."
+            f"Image height and width must be positive multiples of {multiple} "
+            f"{why}, got {height}x{width}. Resize or crop the images, e.g. to 32x32 "
+            "or 64x64."
         )
     if channels <= 0:
         raise ValueError(f"Images need at least one channel, got {channels}.")
     return shape
+
+
+def check_num_classes(num_classes):
+    """Raise a `ValueError` unless `num_classes` is a positive int or None."""
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(
+            f"num_classes must be a positive integer or None, got {num_classes!r}."
+        )
+
+
+def class_embedding(num_classes, dim):
+    """The `label` input `(batch, 1)` and its learned embedding `(batch, 1, dim)`.
+
+    Ids 0..num_classes-1 are the classes, `num_classes` is "no class". The
+    embedding starts at unit scale so that it is not drowned by the time
+    embedding (see TOOLCHAIN.md).
+    """
+    label_in = keras.Input(shape=(1,), dtype="int32", name="label")
+    c_emb = layers.Embedding(
+        num_classes + 1,  # The last id means "no class".
+        dim,
+        embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+        name="class_embedding",
+    )(label_in)
+    return label_in, c_emb
 
 
 def NaiveUnet(
@@ -112,12 +145,7 @@ def NaiveUnet(
     (2, 32, 32, 3)
     """
     height, width, channels = check_image_shape(input_shape)
-    if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-    ):
-        raise ValueError(
-            f"num_classes must be a positive integer or None, got {num_classes!r}."
-        )
+    check_num_classes(num_classes)
     if not isinstance(n_feat, int) or n_feat < GROUPS or n_feat % GROUPS:
         raise ValueError(
             f"n_feat must be a positive multiple of {GROUPS} (GroupNormalization "
@@ -140,13 +168,7 @@ def NaiveUnet(
     t_emb = layers.Reshape((1, 1, 2 * n_feat), name="time_reshape")(t_emb)
     inputs = [img_in, t_in]
     if num_classes is not None:
-        label_in = keras.Input(shape=(1,), dtype="int32", name="label")
-        c_emb = layers.Embedding(
-            num_classes + 1,  # The last id means "no class".
-            2 * n_feat,
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
-            name="class_embedding",
-        )(label_in)
+        label_in, c_emb = class_embedding(num_classes, 2 * n_feat)
         c_emb = layers.Reshape((1, 1, 2 * n_feat), name="class_reshape")(c_emb)
         t_emb = layers.Add(name="add_class")([t_emb, c_emb])
         inputs.append(label_in)
@@ -169,3 +191,125 @@ def NaiveUnet(
     )(out)
 
     return keras.Model(inputs=inputs, outputs=out, name=name)
+
+
+def Unet(
+    input_shape,
+    widths=(32, 64, 128),
+    blocks_per_level=1,
+    attention_levels=None,
+    num_heads=1,
+    dropout=0.0,
+    num_classes=None,
+    name="unet",
+):
+    """A modern noise-prediction U-Net (Ho et al. 2020; Nichol and Dhariwal 2021).
+
+    Residual blocks (GroupNorm, SiLU, 3x3 convolutions) with the time
+    embedding (sinusoidal, then an MLP) added in every block, self-attention
+    at the coarse levels and in the middle, down-sampling by strided
+    convolution and up-sampling by nearest neighbour then convolution, skip
+    connections from every down block to its mirror up block, and a
+    zero-initialised output convolution (the untrained network predicts 0).
+
+    Level `i` works at `1 / 2**i` of the input resolution with `widths[i]`
+    channels, so height and width must be multiples of `2**(len(widths) - 1)`.
+
+    Same contract as `NaiveUnet`: inputs `[x_t, t]`, t in [0, 1] of shape
+    `(batch, 1)`, plus `label` `(batch, 1)` when `num_classes` is set (ids
+    0..K-1, and K for "no class"); the output has the shape of `x_t`.
+
+    Args:
+        input_shape: tuple of 3 ints. `(height, width, channels)`.
+        widths: tuple of ints. Channels of each level, multiples of 8.
+        blocks_per_level: int. Residual blocks per level on each side.
+        attention_levels: tuple of ints or None. Levels (0 = full
+            resolution) whose blocks are followed by self-attention; None is
+            the coarsest level alone.
+        num_heads: int. Attention heads.
+        dropout: float in [0, 1). Dropout in the residual blocks.
+        num_classes: int or None. Number of classes of a class-conditional
+            network; None for an unconditional one.
+        name: str. Name of the model.
+
+    Returns:
+        A functional `keras.Model`.
+
+    Example:
+    >>> net = Unet((32, 32, 3), widths=(16, 32), attention_levels=(1,))
+    >>> x_t = keras.random.normal((2, 32, 32, 3))
+    >>> net.predict([x_t, keras.ops.ones((2, 1)) * 0.5], verbose=0).shape
+    (2, 32, 32, 3)
+    """
+    widths = tuple(widths)
+    if attention_levels is None:
+        attention_levels = (len(widths) - 1,)
+    attention_levels = tuple(attention_levels)
+    height, width, channels = _check_unet_settings(
+        input_shape, widths, blocks_per_level, attention_levels, num_classes
+    )
+    img_in = keras.Input(shape=(height, width, channels), name="x_t")
+    t_in = keras.Input(shape=(1,), name="t")
+    inputs = [img_in, t_in]
+    emb_dim = 4 * widths[0]
+    embedding = TimeLayer(emb_dim, embedding="sinusoidal", name="time_embedding")(t_in)
+    if num_classes is not None:
+        label_in, c_emb = class_embedding(num_classes, emb_dim)
+        c_emb = layers.Reshape((emb_dim,), name="class_reshape")(c_emb)
+        embedding = layers.Add(name="add_class")([embedding, c_emb])
+        inputs.append(label_in)
+
+    def block(x, level, label):
+        x = ResidualBlock(widths[level], dropout, name=f"{label}_residual")([x, embedding])
+        if level in attention_levels:
+            x = AttentionBlock(num_heads, name=f"{label}_attention")(x)
+        return x
+
+    x = layers.Conv2D(widths[0], 3, padding="same", name="stem")(img_in)
+    skips = []
+    for level in range(len(widths)):
+        if level:
+            x = layers.Conv2D(
+                widths[level], 3, strides=2, padding="same", name=f"down_{level}"
+            )(x)
+        for index in range(blocks_per_level):
+            x = block(x, level, f"down_{level}_{index}")
+            skips.append(x)
+    x = ResidualBlock(widths[-1], dropout, name="middle_residual_1")([x, embedding])
+    x = AttentionBlock(num_heads, name="middle_attention")(x)
+    x = ResidualBlock(widths[-1], dropout, name="middle_residual_2")([x, embedding])
+    for level in reversed(range(len(widths))):
+        for index in range(blocks_per_level):
+            x = layers.Concatenate(name=f"up_{level}_{index}_skip")([x, skips.pop()])
+            x = block(x, level, f"up_{level}_{index}")
+        if level:
+            x = layers.UpSampling2D(2, name=f"up_{level}_resize")(x)
+            x = layers.Conv2D(widths[level - 1], 3, padding="same", name=f"up_{level}")(x)
+    x = layers.GroupNormalization(GROUPS, name="out_norm")(x)
+    x = layers.Activation("silu", name="out_silu")(x)
+    out = layers.Conv2D(
+        channels, 3, padding="same", kernel_initializer="zeros", name="out", dtype="float32"
+    )(x)
+    return keras.Model(inputs=inputs, outputs=out, name=name)
+
+
+def _check_unet_settings(input_shape, widths, blocks_per_level, attention_levels, num_classes):
+    """The checked `(height, width, channels)` for `Unet`, or a `ValueError`."""
+    if not widths:
+        raise ValueError("widths must list the channels of at least one level, got ().")
+    for level_width in widths:
+        check_width(level_width, "Every entry of widths")
+    if isinstance(blocks_per_level, bool) or not isinstance(blocks_per_level, int) or blocks_per_level < 1:
+        raise ValueError(f"blocks_per_level must be a positive integer, got {blocks_per_level!r}.")
+    if any(level not in range(len(widths)) for level in attention_levels):
+        raise ValueError(
+            f"attention_levels must be level indices in 0..{len(widths) - 1} "
+            f"(one per entry of widths), got {attention_levels!r}."
+        )
+    check_num_classes(num_classes)
+    downsamplings = len(widths) - 1
+    return check_image_shape(
+        input_shape,
+        multiple=2**downsamplings,
+        why=f"for a Unet with {len(widths)} levels ({downsamplings} down-samplings by 2)",
+    )

@@ -102,6 +102,8 @@ def run_jax_session(out_dir):
     bf16_history = bf16_model.fit(images, batch_size=8, epochs=2, verbose=0)
     bf16_samples = bf16_model.sample(2, steps=5, seed=3, verbose=0)
 
+    unet_results = run_unet_recipe(out_dir)
+
     np.savez(
         out_dir / "arrays.npz",
         before_fit=before_fit,
@@ -120,10 +122,48 @@ def run_jax_session(out_dir):
         "evaluate_loss": float(evaluated),
         "bf16_losses": bf16_history.history["loss"],
         "bf16_compute_dtype": bf16_model.network.get_layer("init_conv").compute_dtype,
+        **unet_results,
         # Last: it sets (and then unsets) a global distribution.
         "data_parallel": run_data_parallel_steps(keras, images[:8]),
     }
     (out_dir / "results.json").write_text(json.dumps(results))
+
+
+def run_unet_recipe(out_dir):
+    """Unet with Min-SNR and the weight average: three one-step fits, saved and reloaded.
+
+    Each fit trains from the training weights and ends with the averages in the
+    network, the training weights kept in `weight_average`: the averages are
+    checked against a float64 EMA with warm-up (decay 0.5) of those weights.
+    """
+    import keras
+
+    from keras_ddpm import DiffusionModel, Unet
+
+    images = np.random.default_rng(1).uniform(-1, 1, (4,) + SHAPE).astype("float32")
+    model = DiffusionModel(
+        Unet(SHAPE, widths=(8, 16)), T=T, seed=0, prediction="v", loss_weighting="min_snr",
+        ema_decay=0.5,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    average = [np.asarray(v, np.float64) for v in model.network.trainable_variables]
+    for n in range(3):
+        model.fit(images, batch_size=4, epochs=1, verbose=0)
+        decay = min(0.5, (1.0 + n) / (10.0 + n))
+        trained = [np.asarray(v) for v in model.weight_average.averages]
+        average = [decay * a + (1.0 - decay) * w for a, w in zip(average, trained)]
+    error = max(
+        float(np.abs(np.asarray(v) - a).max())
+        for v, a in zip(model.network.trainable_variables, average)
+    )
+    samples = model.sample(2, steps=3, seed=0, verbose=0)
+    model.save(out_dir / "unet.keras")
+    reloaded = keras.models.load_model(out_dir / "unet.keras")
+    return {
+        "unet_average_error": error,
+        "unet_updates": float(np.asarray(model.weight_average.updates)),
+        "unet_reload_error": float(np.abs(reloaded.sample(2, steps=3, seed=0, verbose=0) - samples).max()),
+    }
 
 
 # -------------------------------------------------------------------- tests
@@ -211,6 +251,13 @@ if __name__ != "__main__":
         assert loss_2 == pytest.approx(loss_1, rel=1e-5)
         assert parallel["update_norm_ratio"] == pytest.approx(1.0, abs=1e-4)  # 2.0 if summed
         assert parallel["update_error"] < 1e-4
+
+    @pytest.mark.slow
+    def test_jax_unet_weight_average_and_round_trip(jax_session):
+        _, results, _ = jax_session
+        assert results["unet_updates"] == 3
+        assert results["unet_average_error"] < 1e-5
+        assert results["unet_reload_error"] < 1e-5
 
     @pytest.mark.slow
     def test_model_trained_with_jax_loads_with_tensorflow(jax_session):

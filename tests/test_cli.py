@@ -37,6 +37,16 @@ TRAIN_OPTIONS = (
     "--batch-size",
     "--lr",
     "--ema",
+    "--network",
+    "--widths",
+    "--blocks-per-level",
+    "--attention-levels",
+    "--dropout",
+    "--warmup-steps",
+    "--lr-decay",
+    "--clipnorm",
+    "--loss-weighting",
+    "--min-snr-gamma",
     "--seed",
     "--precision",
     "--jit-compile",
@@ -94,9 +104,11 @@ EVALUATE_OPTIONS = (
     "--out",
 )
 
-# Tiny training run: 2 steps of 32 images, T = 20.
+# Tiny training run: 2 steps of 32 images, T = 20, the lecture's network.
 TINY_TRAIN_ARGS = [
     "train",
+    "--network",
+    "naive",
     "--num-examples",
     "64",
     "--epochs",
@@ -231,16 +243,26 @@ def test_parser_defaults():
     )
     assert (train_args.n_feat, train_args.epochs, train_args.batch_size) == (16, 6, 32)
     assert (train_args.lr, train_args.T, train_args.beta1, train_args.beta2) == (
-        1e-3,
+        2e-3,
         1000,
         1e-4,
         0.02,
     )
     assert (train_args.schedule, train_args.time_embedding, train_args.seed) == (
-        "linear",
+        "cosine",
         "learned",
         0,
     )
+    assert (train_args.network, train_args.widths, train_args.prediction) == (
+        "unet", (16, 32, 64), "v"
+    )
+    assert (train_args.ema, train_args.warmup_steps, train_args.clipnorm) == (0.999, 100, 1.0)
+    assert (train_args.loss_weighting, train_args.lr_decay) == ("min_snr", "cosine")
+    off = cli.build_parser().parse_args(
+        ["train", "--ema", "none", "--clipnorm", "off", "--attention-levels", "none",
+         "--widths", "8,16,32", "--loss-weighting", "none"]
+    )
+    assert (off.ema, off.clipnorm, off.attention_levels, off.widths) == (None, None, (), (8, 16, 32))
     assert (train_args.sample_steps, train_args.n_samples, train_args.out) == (
         None,
         16,
@@ -453,7 +475,7 @@ def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, cap
     assert "conditional on 3 classes" in capsys.readouterr().out
     model = keras.models.load_model(out_dir / "model.keras")
     assert (model.num_classes, model.prediction) == (3, "v")
-    assert model.optimizer.use_ema
+    assert model.ema_decay == 0.9 and model.weight_average is not None
     grids = sorted(p.name for p in (out_dir / "grids").glob("*.png"))
     assert grids == ["samples_epoch_0001.png", "samples_epoch_0002.png"]
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
@@ -548,3 +570,30 @@ def test_ctrl_c_is_one_line_that_says_what_was_kept(tmp_path, capsys):
     assert "interrupted" in err and "run the same command again to resume" in err
     assert (checkpoint_dir / "training_metadata.json").is_file()
     assert not (out_dir / "model.keras").exists()
+
+
+def test_train_unet_with_the_recipe_options(tmp_path, capsys):
+    out_dir = tmp_path / "unet"
+    args = [
+        "train", "--num-examples", "64", "--epochs", "2", "--batch-size", "16", "--T", "20",
+        "--widths", "8,16", "--blocks-per-level", "2", "--attention-levels", "0,1",
+        "--dropout", "0.1", "--ema", "0.9", "--warmup-steps", "3", "--lr", "0.01",
+        "--clipnorm", "0.5", "--loss-weighting", "min_snr", "--min-snr-gamma", "2",
+        "--n-samples", "2", "--grid-steps", "2", "--sample-steps", "2", "--out", str(out_dir),
+    ]
+    assert cli.main(args) == 0
+    assert "Training Unet (widths=8,16)" in capsys.readouterr().out
+    model = keras.models.load_model(out_dir / "model.keras")
+    blocks = [layer for layer in model.network.layers
+              if isinstance(layer, keras_ddpm.ResidualBlock)]
+    assert len(blocks) == 2 * 2 * 2 + 2 and blocks[0].dropout == 0.1
+    assert len([layer for layer in model.network.layers
+                if isinstance(layer, keras_ddpm.AttentionBlock)]) == 2 * 2 * 2 + 1
+    assert (model.ema_decay, model.loss_weighting, model.min_snr_gamma) == (0.9, "min_snr", 2.0)
+    assert (model.prediction, model.schedule) == ("v", "cosine")
+    assert float(model.weight_average.updates.numpy()) == 8  # 2 epochs of 4 steps.
+    optimizer = model.optimizer
+    assert optimizer.global_clipnorm == 0.5
+    schedule = optimizer.get_config()["learning_rate"]["config"]
+    assert schedule["warmup_steps"] == 1  # At most a fifth of the 8 steps.
+    assert (schedule["decay_steps"], schedule["warmup_target"], schedule["alpha"]) == (7, 0.01, 0.1)

@@ -1,6 +1,7 @@
 """`keras-ddpm train`: train a DDPM on a dataset, then save it with a grid of samples.
 
-`train` builds a `NaiveUnet` inside a `DiffusionModel`, fits it with Adam and
+`train` builds a `Unet` (or the lecture's `NaiveUnet`) inside a `DiffusionModel`,
+fits it with the recipe of `keras_ddpm.cli.recipe` and
 writes `model.keras`, `samples.png`, `history.json` and a sample grid per epoch
 (`grids/`) to `--out` (the model and the history atomically). With
 `--checkpoint-dir` it backs up every epoch and resumes after a crash;
@@ -15,7 +16,7 @@ import json
 import os
 import pathlib
 
-from keras_ddpm.cli import common
+from keras_ddpm.cli import common, recipe
 
 LOCK_NAME = ".keras-ddpm.lock"
 
@@ -32,7 +33,9 @@ def add_parser(subparsers):
         "train",
         help="train a DDPM on a dataset and save it",
         description=(
-            "Train a NaiveUnet noise predictor in a DiffusionModel with Adam, then write "
+            "Train a Unet (or the lecture's NaiveUnet, --network naive) in a DiffusionModel "
+            "with Adam, warm-up, cosine decay, clipping, Min-SNR weighting and a weight "
+            "average, then write "
             "OUT/model.keras, OUT/samples.png (a grid of samples) and OUT/history.json "
             "(loss per epoch)."
         ),
@@ -116,13 +119,13 @@ def _add_diffusion_arguments(train):
     diffusion.add_argument(
         "--schedule",
         choices=("linear", "cosine"),
-        default="linear",
+        default=recipe.DEFAULTS["schedule"],
         help="noise schedule; cosine ignores --beta1 and --beta2",
     )
     diffusion.add_argument(
         "--prediction",
         choices=("epsilon", "v", "x0"),
-        default="epsilon",
+        default=recipe.DEFAULTS["prediction"],
         help="what the network predicts: the noise (the lecture's), v or the clean image",
     )
     diffusion.add_argument(
@@ -143,6 +146,7 @@ def _add_diffusion_arguments(train):
 def _add_network_arguments(train):
     """The "network" options of `train`."""
     network = train.add_argument_group("network")
+    recipe.add_network_arguments(network)
     network.add_argument(
         "--init",
         metavar="MODEL.keras",
@@ -156,14 +160,14 @@ def _add_network_arguments(train):
         metavar="N",
         type=common.positive_int,
         default=16,
-        help="U-Net width, a multiple of 8 (16 learns shapes on a CPU in minutes; 64-128 for "
-        "CIFAR-10; the lecture uses 512 at 64x64)",
+        help="naive: U-Net width, a multiple of 8 (16 learns shapes on a CPU in minutes; 64-128 "
+        "for CIFAR-10; the lecture uses 512 at 64x64)",
     )
     network.add_argument(
         "--time-embedding",
         choices=("learned", "sinusoidal"),
         default="learned",
-        help="how the U-Net embeds the timestep",
+        help="naive: how the U-Net embeds the timestep",
     )
 
 
@@ -189,18 +193,10 @@ def _add_optimization_arguments(train):
         "--lr",
         metavar="RATE",
         type=common.positive_float,
-        default=1e-3,
-        help="Adam learning rate",
+        default=recipe.DEFAULTS["lr"],
+        help="Adam's peak learning rate",
     )
-    optimization.add_argument(
-        "--ema",
-        metavar="MOMENTUM",
-        type=common.probability,
-        default=None,
-        help="keep an exponential moving average of the weights with this momentum (e.g. "
-        "0.999; it averages over about 1 / (1 - MOMENTUM) steps, so train for many more); "
-        "the grids and the saved model then use the averaged weights (default: no EMA)",
-    )
+    recipe.add_recipe_arguments(optimization)
     optimization.add_argument(
         "--seed",
         type=common.seed_type,
@@ -350,12 +346,6 @@ def _train(args, out_dir, checkpoint_dir):
     keras.utils.set_random_seed(args.seed)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = _build_model(args, keras, image_shape, num_classes)
-        use_ema = args.ema is not None
-        optimizer = keras.optimizers.Adam(
-            args.lr, use_ema=use_ema, ema_momentum=args.ema if use_ema else 0.99
-        )
-        jit_compile = "auto" if args.jit_compile is None else args.jit_compile
-        model.compile(optimizer=optimizer, jit_compile=jit_compile)
     backup = _backup(args, chief)
     dataset = data.load_dataset(
         args.dataset,
@@ -369,6 +359,9 @@ def _train(args, out_dir, checkpoint_dir):
         # Epoch k's batches depend on (seed, k) alone: a resumed run sees the same.
         first_epoch=backup.completed_epochs if backup is not None else 0,
     )
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        jit_compile = "auto" if args.jit_compile is None else args.jit_compile
+        model.compile(optimizer=recipe.make_optimizer(args, dataset), jit_compile=jit_compile)
     print(_summary(args, model, image_shape, strategy), flush=True)
     with contextlib.ExitStack() as locks:
         # Every setting is valid: now the chief makes the folders and holds them until the
@@ -430,7 +423,6 @@ def _save_or_rescue(model, path):
 def _build_model(args, keras, image_shape, num_classes):
     """The `DiffusionModel` to train: loaded from --init, or built from the options."""
     from keras_ddpm.diffusion import DiffusionModel
-    from keras_ddpm.unet import NaiveUnet
 
     if args.init is not None:
         model = common.load_diffusion_model(args.init)
@@ -449,12 +441,7 @@ def _build_model(args, keras, image_shape, num_classes):
     from keras_ddpm.precision import resolve_precision
 
     with _dtype_policy(keras, resolve_precision(args.precision or "float32")):
-        network = NaiveUnet(
-            image_shape,
-            n_feat=args.n_feat,
-            time_embedding=args.time_embedding,
-            num_classes=num_classes,
-        )
+        network = recipe.build_network(args, image_shape, num_classes)
     return DiffusionModel(
         network,
         beta1=args.beta1,
@@ -465,6 +452,7 @@ def _build_model(args, keras, image_shape, num_classes):
         num_classes=num_classes,
         cond_drop_prob=args.cond_drop_prob,
         seed=args.seed,
+        **recipe.model_options(args),
     )
 
 
@@ -473,7 +461,7 @@ def _summary(args, model, image_shape, strategy):
     from keras_ddpm import distribute
 
     height, width, channels = image_shape
-    what = f"Fine-tuning {args.init}" if args.init else f"Training NaiveUnet (n_feat={args.n_feat})"
+    what = f"Fine-tuning {args.init}" if args.init else recipe.describe(args)
     classes = f" (classes {', '.join(map(str, args.classes))})" if args.classes else ""
     extras = f", {model.prediction} prediction" if model.prediction != "epsilon" else ""
     if model.num_classes is not None:
@@ -545,15 +533,12 @@ def _exclusive_lock(folder, option):
 
 
 def _train_callbacks(args, model, out_dir):
-    """Keras callbacks of `keras-ddpm train`: EMA swap, sample grids, TensorBoard."""
+    """Keras callbacks of `keras-ddpm train`: sample grids (averaged weights), TensorBoard."""
     import keras
 
     from keras_ddpm.callbacks import SampleGrid
 
     callbacks = []
-    if args.ema is not None:
-        # Grids (and anything after this callback) see the averaged weights.
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if args.log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=args.log_dir))
     callbacks.append(
@@ -595,7 +580,7 @@ def _fit_resumably(model, dataset, args, backup, callbacks):
     """`model.fit` that stops on a NaN loss and, with a `backup`, resumes.
 
     `callbacks` come after the divergence check and the backup, so the backup
-    is written before `SwapEMAWeights` puts the averaged weights in the model.
+    is written before the sample grids run.
     Returns the loss history of every epoch, those of an interrupted earlier
     run included.
     """

@@ -1,0 +1,159 @@
+"""`keras-ddpm train`'s network and training-recipe options (issue 12).
+
+`--network unet` (the default) builds `keras_ddpm.Unet`; `--network naive` the
+lecture's `NaiveUnet`. The recipe: Adam with warm-up, cosine decay and gradient
+clipping (`keras_ddpm.optimizers.make_optimizer`), Min-SNR loss weighting and a
+warmed-up average of the weights (`DiffusionModel(loss_weighting=...,
+ema_decay=...)`).
+"""
+
+import argparse
+
+from keras_ddpm.cli import common
+
+# Chosen on shapes within the README main command's budget (see README).
+DEFAULTS = {
+    "network": "unet",
+    "widths": (16, 32, 64),
+    "blocks_per_level": 1,
+    "schedule": "cosine",
+    "prediction": "v",
+    "lr": 2e-3,
+    "ema": 0.999,
+    "warmup_steps": 100,
+    "lr_decay": "cosine",
+    "clipnorm": 1.0,
+    "loss_weighting": "min_snr",
+}
+
+_ema_decay = common.number_type(float, "a decay in [0, 1) or none", low=0.0, high=1.0,
+                                open_high=True)
+
+
+def _optional(parse):
+    """`parse`, or None for "none" / "off"."""
+
+    def parse_or_none(text):
+        return None if text.strip().lower() in ("none", "off") else parse(text)
+
+    return parse_or_none
+
+
+def _int_tuple(text):
+    """argparse type: "32,64,128" -> (32, 64, 128); "none" -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas, got {text!r}"
+        ) from None
+
+
+def add_network_arguments(network):
+    """The Unet options, added to the "network" group."""
+    network.add_argument(
+        "--network", choices=("unet", "naive"), default=DEFAULTS["network"],
+        help="unet: keras_ddpm.Unet, residual blocks with attention (--widths, "
+        "--blocks-per-level, --attention-levels, --dropout); naive: the lecture's NaiveUnet "
+        "(--n-feat, --time-embedding)",
+    )
+    network.add_argument(
+        "--widths", metavar="W1,W2,...", type=_int_tuple, default=DEFAULTS["widths"],
+        help="unet: channels of each level, multiples of 8; image sizes must be multiples "
+        "of 2**(levels - 1)",
+    )
+    network.add_argument(
+        "--blocks-per-level", metavar="N", type=common.positive_int,
+        default=DEFAULTS["blocks_per_level"], help="unet: residual blocks per level on each side",
+    )
+    network.add_argument(
+        "--attention-levels", metavar="L1,...", type=_int_tuple, default=None,
+        help="unet: levels (0 = full resolution) with self-attention, or none (default: the "
+        "coarsest)",
+    )
+    network.add_argument(
+        "--dropout", metavar="RATE", type=common.probability, default=0.0,
+        help="unet: dropout rate in the residual blocks",
+    )
+
+
+def add_recipe_arguments(optimization):
+    """The recipe options (and --ema), added to the "optimization" group."""
+    optimization.add_argument(
+        "--ema", metavar="DECAY", type=_optional(_ema_decay), default=DEFAULTS["ema"],
+        help="keep an exponential moving average of the weights with this decay, warmed up "
+        "as min(DECAY, (1 + n) / (10 + n)) at step n; the grids and the saved model use the "
+        "averaged weights; none to train without",
+    )
+    optimization.add_argument(
+        "--warmup-steps", metavar="N", type=common.non_negative_int,
+        default=DEFAULTS["warmup_steps"],
+        help="steps of linear learning-rate warm-up from 0 to --lr (at most a fifth of the run)",
+    )
+    optimization.add_argument(
+        "--lr-decay", choices=("cosine", "none"), default=DEFAULTS["lr_decay"],
+        help="after the warm-up: cosine decay to a tenth of --lr at the last step, or none",
+    )
+    optimization.add_argument(
+        "--clipnorm", metavar="NORM", type=_optional(common.positive_float),
+        default=DEFAULTS["clipnorm"],
+        help="clip the gradients' global norm to this; none to train without clipping",
+    )
+    optimization.add_argument(
+        "--loss-weighting", choices=("min_snr", "none"), default=DEFAULTS["loss_weighting"],
+        help="min_snr: weight each timestep's error by Min-SNR-gamma (Hang et al. 2023); none: "
+        "the lecture's plain mean squared error",
+    )
+    optimization.add_argument(
+        "--min-snr-gamma", metavar="GAMMA", type=common.positive_float, default=5.0,
+        help="the SNR cap of --loss-weighting min_snr",
+    )
+
+
+def build_network(args, image_shape, num_classes):
+    """The network of a new model: `Unet` or the lecture's `NaiveUnet` (--network)."""
+    from keras_ddpm.unet import NaiveUnet, Unet
+
+    if args.network == "naive":
+        return NaiveUnet(
+            image_shape, n_feat=args.n_feat, time_embedding=args.time_embedding,
+            num_classes=num_classes,
+        )
+    return Unet(
+        image_shape, widths=args.widths, blocks_per_level=args.blocks_per_level,
+        attention_levels=args.attention_levels, dropout=args.dropout, num_classes=num_classes,
+    )
+
+
+def model_options(args):
+    """The `DiffusionModel` keyword arguments of the recipe."""
+    return {
+        "loss_weighting": None if args.loss_weighting == "none" else args.loss_weighting,
+        "min_snr_gamma": args.min_snr_gamma,
+        "ema_decay": args.ema,
+    }
+
+
+def make_optimizer(args, dataset):
+    """Adam with --lr, --warmup-steps, --lr-decay and --clipnorm over the run's steps."""
+    from keras_ddpm.optimizers import make_optimizer as make
+
+    # An endless stream of epochs (a resumable run) says how many steps make one.
+    steps_per_epoch = getattr(dataset, "steps_per_epoch", None) or int(dataset.cardinality())
+    total_steps = args.epochs * steps_per_epoch if steps_per_epoch > 0 else None
+    warmup_steps = args.warmup_steps
+    if total_steps is not None:
+        warmup_steps = min(warmup_steps, total_steps // 5)
+    return make(
+        args.lr, total_steps=total_steps, warmup_steps=warmup_steps, decay=args.lr_decay,
+        clipnorm=args.clipnorm,
+    )
+
+
+def describe(args):
+    """What `train` prints for a new network."""
+    if args.network == "naive":
+        return f"Training NaiveUnet (n_feat={args.n_feat})"
+    return f"Training Unet (widths={','.join(map(str, args.widths))})"
