@@ -383,8 +383,8 @@ def test_sample_bad_options(trained_run, extra_args, words, capsys):
     [
         (["--image-size", "48"], ["image_size", "multiple of 32", "48"]),
         (["--dataset", "no-such-data"], ["Unknown dataset", "no-such-data", "shapes"]),
-        (["--n-feat", "12"], ["n_feat", "multiple of 8"]),
-        (["--beta1", "0.5", "--beta2", "0.1"], ["beta1", "beta2"]),
+        (["--network", "naive", "--n-feat", "12"], ["n_feat", "multiple of 8"]),
+        (["--schedule", "linear", "--beta1", "0.5", "--beta2", "0.1"], ["beta1", "beta2"]),
         (["--T", "10", "--sample-steps", "20"], ["--sample-steps", "1..10"]),
         (["--schedule", "quadratic"], ["--schedule", "quadratic"]),
         (["--epochs", "0"], ["--epochs", "positive integer"]),

@@ -131,7 +131,7 @@ def test_multiworker_cli_trains_one_epoch_on_two_processes(tmp_path):
     argv = [
         sys.executable, "-m", "keras_ddpm.cli", "train", "--strategy", "multiworker",
         "--num-examples", "64", "--batch-size", "32", "--epochs", "1", "--n-feat", "8",
-        "--T", "10", "--n-samples", "1", "--sample-steps", "2",
+        "--T", "10", "--n-samples", "1", "--sample-steps", "2", "--network", "naive",
     ]
     processes = []
     for index in range(2):

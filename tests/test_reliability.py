@@ -47,7 +47,7 @@ RESUME_EPOCHS = 6
 RESUME_ARGS = [
     "train", "--dataset", "shapes", "--num-examples", "64", "--batch-size", "32",
     "--epochs", str(RESUME_EPOCHS), "--n-feat", "8", "--T", "10", "--n-samples", "1",
-    "--sample-steps", "2",
+    "--sample-steps", "2", "--network", "naive",
 ]
 
 
@@ -119,7 +119,7 @@ class Killed(BaseException):
 KILL_ARGS = [
     "train", "--dataset", "shapes", "--num-examples", "32", "--batch-size", "32",
     "--epochs", "2", "--n-feat", "8", "--T", "10", "--n-samples", "1", "--sample-steps", "1",
-    "--grid-every", "1000",
+    "--grid-every", "1000", "--network", "naive",
 ]
 
 
