@@ -125,7 +125,7 @@ def test_xla_sampler_matches_the_plain_compiled_one():
 @pytest.mark.slow
 def test_cli_trains_in_bfloat16_and_samples_with_xla(tmp_path, capsys):
     out = tmp_path / "run"
-    common = ["--num-examples", "32", "--epochs", "1", "--n-feat", "8", "--T", "10",
+    common = ["--num-examples", "32", "--epochs", "1", "--network", "naive", "--n-feat", "8", "--T", "10",
               "--batch-size", "16", "--n-samples", "2", "--seed", "0"]
     assert main(["train", *common, "--precision", "mixed_bfloat16", "--out", str(out)]) == 0
     assert "mixed_bfloat16, XLA off" in capsys.readouterr().out  # auto: off without a GPU

@@ -210,23 +210,24 @@ def test_cli_divergence_names_epoch_and_step_and_keeps_the_last_good_files(
 
 
 def test_cli_checkpoint_holds_the_raw_weights_when_training_with_ema(tmp_path):
-    """The backup is written before SwapEMAWeights puts the averages in the model."""
+    """The backup is written before `fit` ends by swapping the averages into the network."""
     argv = RESUME_ARGS + ["--epochs", "1", "--ema", "0.5", "--grid-every", "5",
                           "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
     with contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(argv) == 0
-    final = saving.load_model(tmp_path / "out" / "model.keras")  # EMA weights, as fit ends.
+    final = saving.load_model(tmp_path / "out" / "model.keras")  # Averages in the network.
     checkpoint = saving.load_model(tmp_path / "out" / "model.keras")
     checkpoint.load_weights(BackupAndRestore(tmp_path / "ck").weights_path)
-    averages = [v for v in checkpoint.optimizer.variables if "average" in v.path]
-    weights = checkpoint.network.trainable_variables
-    assert len(averages) == len(weights)
-    for average, final_weight in zip(averages, final.network.trainable_variables):
-        # Keras' SwapEMAWeights swaps by sums and differences: equal to rounding.
-        np.testing.assert_allclose(as_numpy([average])[0], as_numpy([final_weight])[0],
-                                   rtol=1e-6, atol=1e-7)
-    assert any(not np.array_equal(a, b) for a, b in
-               zip(as_numpy(weights), as_numpy(final.network.trainable_variables)))
+    assert float(ops.convert_to_numpy(final.weight_average.swapped)) == 1.0
+    assert float(ops.convert_to_numpy(checkpoint.weight_average.swapped)) == 0.0
+    # The checkpoint's network holds the raw weights, kept aside in the final model ...
+    for raw, kept in zip(as_numpy(checkpoint.network.trainable_variables),
+                         as_numpy(final.weight_average.averages)):
+        np.testing.assert_array_equal(raw, kept)
+    # ... and its averages are what the final network samples with.
+    for average, final_weight in zip(as_numpy(checkpoint.weight_average.averages),
+                                     as_numpy(final.network.trainable_variables)):
+        np.testing.assert_array_equal(average, final_weight)
 
 
 def test_backup_restores_weights_optimizer_ema_epoch_and_history(tmp_path):
