@@ -65,6 +65,7 @@ from keras import ops  # noqa: E402
 
 from keras_ddpm import DiffusionModel, NaiveUnet, ddpm_schedule  # noqa: E402
 from keras_ddpm.sampling import compile_function  # noqa: E402
+from keras_ddpm.precision import dtype_policy  # noqa: E402
 
 BACKEND = keras.backend.backend()
 LECTURE_T = 1000
@@ -219,17 +220,6 @@ def log(message):
     """Print a progress line with the time and the 1-minute load average."""
     load = f", load {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     print(f"[{time.strftime('%H:%M:%S')}{load}] {message}", flush=True)
-
-
-@contextlib.contextmanager
-def dtype_policy(name):
-    """Keras' global dtype policy set to `name` inside the block."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def build_model(size, n_feat, precision=FLOAT32, T=LECTURE_T):

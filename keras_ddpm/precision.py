@@ -21,6 +21,8 @@ Example:
 'float32'
 """
 
+import contextlib
+
 import keras
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -180,3 +182,21 @@ def resolve_precision(name, cpu_flags=None, gpus=None):
             f"Unknown precision {name!r}: choose {AUTO!r} or one of {', '.join(PRECISIONS)}."
         )
     return name
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Sets Keras' global dtype policy to `name` inside the block, then restores it.
+
+    Example:
+    >>> with dtype_policy("mixed_bfloat16"):
+    ...     layer = keras.layers.Dense(2)
+    >>> layer.dtype_policy.name
+    'mixed_bfloat16'
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -438,9 +438,9 @@ def _build_model(args, keras, image_shape, num_classes):
                 f"{args.dataset} gives {image_shape}; pass --image-size to match"
             )
         return model
-    from keras_ddpm.precision import resolve_precision
+    from keras_ddpm.precision import dtype_policy, resolve_precision
 
-    with _dtype_policy(keras, resolve_precision(args.precision or "float32")):
+    with dtype_policy(resolve_precision(args.precision or "float32")):
         network = recipe.build_network(args, image_shape, num_classes)
     return DiffusionModel(
         network,
@@ -486,17 +486,6 @@ def _grid_labels(model, n):
     if model.num_classes is None:
         return None
     return [i % model.num_classes for i in range(n)]
-
-
-@contextlib.contextmanager
-def _dtype_policy(keras, name):
-    """Sets Keras' global dtype policy to `name` inside the block, then restores it."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 @contextlib.contextmanager
