@@ -3,6 +3,7 @@
     python benchmarks/quality.py                          # every row, 500 samples each
     python benchmarks/quality.py --rows naive --samplers ddim:50
     python benchmarks/quality.py --model runs/shapes/model.keras --samplers ddim:50
+    python benchmarks/quality.py --samples sweep/*.npz     # score samples made elsewhere
     python benchmarks/quality.py --quick                  # smoke test (tests/test_benchmarks.py)
 
 A row is (training configuration, sampler). Each training configuration is a
@@ -10,7 +11,8 @@ A row is (training configuration, sampler). Each training configuration is a
 `--row NAME="ARGS"`), run once for its budget (`--epochs`; by default the CLI's
 own, i.e. the README's main command); every sampler of `--samplers` then draws
 `--n` images from the saved model. `--model FILE.keras` scores a model you
-trained yourself, without training.
+trained yourself, without training; `--samples FILE.npz` scores every image
+array in the file (`keras-ddpm sample --npz`, `recipe_sweep.py`), without sampling.
 
 Each row reports, from the judge of `shapes_judge.py` (trained once and cached,
 with the real features and floors, in `--cache-dir`):
@@ -51,13 +53,13 @@ import shapes_judge  # noqa: E402
 
 # Training configurations: `keras-ddpm train` arguments on top of the CLI defaults.
 ROWS = {
-    "naive": [],  # The CLI default: the lecture's NaiveUnet.
-    "naive-ema": ["--ema", "0.999"],
-    "unet": ["--network", "unet"],
-    "unet-ema": ["--network", "unet", "--ema", "0.999"],
+    "naive": ["--network", "naive", "--ema", "none"],  # The lecture's NaiveUnet, no EMA.
+    "naive-ema": ["--network", "naive"],
+    "unet": [],  # The CLI default: keras_ddpm.Unet with the recipe (EMA included).
+    "unet-noema": ["--ema", "none"],
 }
 # Rows that need `keras_ddpm.Unet` (issue 12); skipped with a message without it.
-UNET_ROWS = ("unet", "unet-ema")
+UNET_ROWS = ("unet", "unet-noema")
 
 # Keep the CLI's own outputs (grids during training, the final samples.png) cheap.
 CLI_OUTPUT_ARGS = ["--n-samples", "4", "--sample-steps", "10", "--grid-steps", "5"]
@@ -105,6 +107,9 @@ def parse_args(argv=None):
                         "arguments, e.g. --row 'wide=--n-feat 32' (repeatable)")
     parser.add_argument("--model", action="append", default=[], metavar="FILE.keras",
                         help="score this saved model too, without training (repeatable)")
+    parser.add_argument("--samples", nargs="+", default=[], metavar="FILE.npz",
+                        help="score the image arrays (N, H, W, 3; uint8, or floats in [-1, 1]) "
+                        "of these .npz files, at most --n of each, without training or sampling")
     parser.add_argument("--samplers", nargs="+", default=None, metavar="NAME[:STEPS]",
                         help="samplers per row: ddpm (all T), ddim:50, dpm++:20, ... "
                         f"(default: {' '.join(default_samplers())})")
@@ -127,7 +132,8 @@ def parse_args(argv=None):
         args.n = QUICK["n"]
         args.rows = args.rows or QUICK["rows"]
         args.samplers = args.samplers or QUICK["samplers"]
-    args.rows = args.rows if args.rows is not None else ([] if args.model else list(ROWS))
+    scoring_only = args.model or args.samples
+    args.rows = args.rows if args.rows is not None else ([] if scoring_only else list(ROWS))
     args.samplers = args.samplers or default_samplers()
     return args
 
@@ -232,6 +238,31 @@ def score_model(trained, args, judge, reference, real):
     return results
 
 
+def score_samples(path, args, judge, reference, real):
+    """One result dict per image array of the .npz file `path` (its first `--n` images)."""
+    results = []
+    with np.load(path) as arrays:
+        for key in arrays.files:
+            images = arrays[key]
+            if images.ndim != 4 or images.shape[-1] != 3:
+                continue
+            if len(images) < args.n:
+                log(f"{path}:{key}: {len(images)} images, fewer than --n {args.n}; skipped")
+                continue
+            images = images[: args.n]
+            if images.dtype == np.uint8:
+                images = images.astype("float32") / 127.5 - 1.0
+            name = pathlib.Path(path).stem
+            row = {"row": name, "training": f"--samples {path}", "sampler": key, "n": args.n}
+            row.update(judge.score(images, **reference))
+            png = pathlib.Path(args.out_dir) / f"{name}_{key}.png"
+            save_comparison(images, real, png)
+            results.append({**row, "grid": str(png)})
+            log(f"{name} {key}: valid {row['valid_rate']:.3f}, Fréchet ratio "
+                f"{row['frechet_ratio']:.2f}; grid {png}")
+    return results
+
+
 # -------------------------------------------------------------------- report
 def table_row(result):
     """One Markdown table row of a result dict."""
@@ -296,6 +327,8 @@ def main(argv=None):
     results = [real_row(args, judge, reference, real)]
     models = [Trained(pathlib.Path(path).stem, f"--model {path}", pathlib.Path(path))
               for path in args.model]
+    for path in args.samples:
+        results += score_samples(path, args, judge, reference, real)
     for name, row_args in training_configs(args):
         models.append(train_row(name, row_args, args))
     for trained in models:

@@ -136,19 +136,47 @@ def model_options(args):
     }
 
 
-def make_optimizer(args, dataset):
-    """Adam with --lr, --warmup-steps, --lr-decay and --clipnorm over the run's steps."""
+def make_optimizer(args, steps_per_epoch):
+    """Adam with --lr, --warmup-steps, --lr-decay and --clipnorm over the run's steps.
+
+    `steps_per_epoch` (int or None when unknown) times --epochs is the run's length,
+    over which the learning rate decays; warm-up takes at most a fifth of it.
+    """
     from keras_ddpm.optimizers import make_optimizer as make
 
-    # An endless stream of epochs (a resumable run) says how many steps make one.
-    steps_per_epoch = getattr(dataset, "steps_per_epoch", None) or int(dataset.cardinality())
-    total_steps = args.epochs * steps_per_epoch if steps_per_epoch > 0 else None
+    total_steps = args.epochs * steps_per_epoch if steps_per_epoch else None
     warmup_steps = args.warmup_steps
     if total_steps is not None:
         warmup_steps = min(warmup_steps, total_steps // 5)
     return make(
         args.lr, total_steps=total_steps, warmup_steps=warmup_steps, decay=args.lr_decay,
         clipnorm=args.clipnorm,
+    )
+
+
+def new_model(args, image_shape, num_classes):
+    """The untrained `DiffusionModel` that `keras-ddpm train` ARGS builds.
+
+    Network (--network and its options) under the dtype policy of --precision,
+    diffusion settings and the recipe's model options. Used by `train` and by
+    the benchmarks that train the CLI's recipe outside the CLI.
+    """
+    from keras_ddpm.diffusion import DiffusionModel
+    from keras_ddpm.precision import dtype_policy, resolve_precision
+
+    with dtype_policy(resolve_precision(args.precision or "float32")):
+        network = build_network(args, image_shape, num_classes)
+    return DiffusionModel(
+        network,
+        beta1=args.beta1,
+        beta2=args.beta2,
+        T=args.T,
+        schedule=args.schedule,
+        prediction=args.prediction,
+        num_classes=num_classes,
+        cond_drop_prob=args.cond_drop_prob,
+        seed=args.seed,
+        **model_options(args),
     )
 
 

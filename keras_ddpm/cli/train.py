@@ -361,7 +361,10 @@ def _train(args, out_dir, checkpoint_dir):
     )
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         jit_compile = "auto" if args.jit_compile is None else args.jit_compile
-        model.compile(optimizer=recipe.make_optimizer(args, dataset), jit_compile=jit_compile)
+        # An endless stream of epochs (a resumable run) says how many steps make one.
+        steps_per_epoch = getattr(dataset, "steps_per_epoch", None) or int(dataset.cardinality())
+        optimizer = recipe.make_optimizer(args, steps_per_epoch if steps_per_epoch > 0 else None)
+        model.compile(optimizer=optimizer, jit_compile=jit_compile)
     print(_summary(args, model, image_shape, strategy), flush=True)
     with contextlib.ExitStack() as locks:
         # Every setting is valid: now the chief makes the folders and holds them until the
@@ -422,8 +425,6 @@ def _save_or_rescue(model, path):
 
 def _build_model(args, keras, image_shape, num_classes):
     """The `DiffusionModel` to train: loaded from --init, or built from the options."""
-    from keras_ddpm.diffusion import DiffusionModel
-
     if args.init is not None:
         model = common.load_diffusion_model(args.init)
         saved_precision = model.dtype_policy.name
@@ -438,22 +439,7 @@ def _build_model(args, keras, image_shape, num_classes):
                 f"{args.dataset} gives {image_shape}; pass --image-size to match"
             )
         return model
-    from keras_ddpm.precision import dtype_policy, resolve_precision
-
-    with dtype_policy(resolve_precision(args.precision or "float32")):
-        network = recipe.build_network(args, image_shape, num_classes)
-    return DiffusionModel(
-        network,
-        beta1=args.beta1,
-        beta2=args.beta2,
-        T=args.T,
-        schedule=args.schedule,
-        prediction=args.prediction,
-        num_classes=num_classes,
-        cond_drop_prob=args.cond_drop_prob,
-        seed=args.seed,
-        **recipe.model_options(args),
-    )
+    return recipe.new_model(args, image_shape, num_classes)
 
 
 def _summary(args, model, image_shape, strategy):

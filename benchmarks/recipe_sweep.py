@@ -1,0 +1,184 @@
+"""Train `keras-ddpm train` recipes on `shapes` in memory and keep their samples: a sweep.
+
+    python benchmarks/recipe_sweep.py --write-data shapes.npz      # where TensorFlow is
+    KERAS_BACKEND=jax python benchmarks/recipe_sweep.py --data shapes.npz --out-dir sweep \\
+        --row 'default=' --row 'wide=--widths 32,64,128' --samplers ddim:50 dpm++:20 ddpm
+    python benchmarks/quality.py --samples sweep/*.npz              # score them (judge)
+    python benchmarks/recipe_sweep.py --time-steps 40 --row ...     # img/s of each row here
+
+Each row is a list of `keras-ddpm train` arguments, read by the CLI's own parser
+and built by the CLI's own recipe (`keras_ddpm.cli.recipe.new_model`: network,
+diffusion settings, EMA, loss weighting; the optimizer with warm-up and decay
+over the row's steps), then trained with `DiffusionModel.fit` on the images of
+`load_dataset("shapes")` held in memory and shuffled each epoch: the same
+training as `keras-ddpm train ARGS`, without tf.data, so that it runs where
+only Keras and JAX are installed (a GPU machine without TensorFlow). Each row
+writes `OUT/<row>.npz`, holding the samples of every sampler as uint8 images
+(one array per sampler, named like `ddim-50`), which `quality.py --samples`
+scores with the judge; the table printed last gives the training and sampling
+times. `--time-steps N` trains N steps of each row (after a warm-up) and prints
+its images/s instead: what a budget of steps costs on this machine.
+"""
+import argparse
+import os
+import pathlib
+import shlex
+import sys
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import keras  # noqa: E402
+
+from keras_ddpm import cli, plotting  # noqa: E402
+from keras_ddpm.cli import recipe  # noqa: E402
+
+# The recipe's arguments shared by every row: float32 everywhere, so that a row
+# trained on a GPU behaves as the CLI's default run on a CPU without bf16.
+COMMON_ARGS = ["--precision", "float32"]
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--row", action="append", default=[], metavar='NAME="ARGS"',
+                        help="a row: a name and keras-ddpm train arguments (repeatable); "
+                        "'default=' is the CLI's default recipe")
+    parser.add_argument("--data", metavar="FILE.npz",
+                        help="the shapes training images ('images', uint8), from --write-data; "
+                        "default: generated here (needs TensorFlow for keras_ddpm.data)")
+    parser.add_argument("--write-data", metavar="FILE.npz",
+                        help="write the shapes training images to FILE.npz and stop")
+    parser.add_argument("--samplers", nargs="+", default=["ddim:50"], metavar="NAME[:STEPS]",
+                        help="samplers of every row: ddpm (all T), ddim:50, dpm++:20, heun:20 ...")
+    parser.add_argument("--n", type=int, default=500, help="samples per sampler")
+    parser.add_argument("--sample-batch", type=int, default=500,
+                        help="images per compiled sampling chunk")
+    parser.add_argument("--save-models", nargs="*", default=[], metavar="ROW",
+                        help="also save these rows' trained models as OUT/<row>.keras")
+    parser.add_argument("--time-steps", type=int, default=None, metavar="N",
+                        help="only time N training steps per row (images/s) and stop")
+    parser.add_argument("--out-dir", default="runs/sweep", help="where the .npz files go")
+    return parser.parse_args(argv)
+
+
+def shapes_training_images(path=None):
+    """The images of `load_dataset("shapes")`'s training split, uint8 (8192, 32, 32, 3)."""
+    if path is not None:
+        return np.load(path)["images"]
+    from keras_ddpm import data
+
+    whole = data.load_dataset("shapes", batch_size=1 << 20, shuffle=False)
+    return plotting.to_uint8(next(iter(whole)).numpy())
+
+
+def row_arguments(text):
+    """`'wide=--widths 32,64,128'` -> `('wide', the parsed keras-ddpm train arguments)`."""
+    name, _, row_args = text.partition("=")
+    argv = ["train", *COMMON_ARGS, *shlex.split(row_args), "--out", "unused"]
+    return name.strip(), cli.build_parser().parse_args(argv)
+
+
+def trained_model(args, images, steps=None):
+    """The row's model, compiled with its optimizer and fitted (`steps` steps, or --epochs)."""
+    keras.utils.set_random_seed(args.seed)
+    model = recipe.new_model(args, IMAGE_SHAPE, None)
+    steps_per_epoch = len(images) // args.batch_size
+    model.compile(optimizer=recipe.make_optimizer(args, steps_per_epoch))
+    x = images.astype("float32") / 127.5 - 1.0
+    if steps is not None:
+        return model, model.fit(x[: steps * args.batch_size], batch_size=args.batch_size,
+                                epochs=1, shuffle=False, verbose=0)
+    # Whole batches only, a new order each epoch: as `load_dataset`'s stream.
+    x = x[: steps_per_epoch * args.batch_size]
+    return model, model.fit(x, batch_size=args.batch_size, epochs=args.epochs, shuffle=True,
+                            verbose=0)
+
+
+def time_row(name, args, images, steps):
+    """Images/s of the row's training over `steps` steps, after a 5-step warm-up."""
+    model, _ = trained_model(args, images, steps=5)
+    x = images[: steps * args.batch_size].astype("float32") / 127.5 - 1.0
+    start = time.perf_counter()
+    model.fit(x, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
+    seconds = time.perf_counter() - start
+    return {"row": name, "params": model.network.count_params(),
+            "images_per_s": steps * args.batch_size / seconds,
+            "epoch_s": len(images) // args.batch_size * args.batch_size * seconds
+            / (steps * args.batch_size)}
+
+
+def sample_row(model, options):
+    """`{sampler label: uint8 samples}` and `{label: seconds}` for every --samplers entry."""
+    samples, seconds = {}, {}
+    for text in options.samplers:
+        name, _, steps = text.partition(":")
+        steps = int(steps) if steps else model.T
+        label = f"{name}-{steps}"
+        start = time.perf_counter()
+        images = model.sample(options.n, steps=steps, sampler=name, seed=1,
+                              batch_size=min(options.sample_batch, options.n), verbose=0)
+        seconds[label] = time.perf_counter() - start
+        if not np.all(np.isfinite(images)):
+            raise FloatingPointError(f"{label} samples are not finite")
+        samples[label] = plotting.to_uint8(images)
+    return samples, seconds
+
+
+def sweep(options, images, out_dir):
+    """Trains and samples every row; returns the table rows."""
+    rows = []
+    for text in options.row:
+        name, args = row_arguments(text)
+        start = time.perf_counter()
+        model, history = trained_model(args, images)
+        train_s = time.perf_counter() - start
+        samples, sample_s = sample_row(model, options)
+        np.savez_compressed(out_dir / f"{name}.npz", **samples)
+        if name in options.save_models:
+            model.save(out_dir / f"{name}.keras")
+        loss = history.history["loss"][-1]
+        rows.append([name, " ".join(shlex.split(text.partition("=")[2])) or "(defaults)",
+                     f"{loss:.4f}", f"{train_s:.0f}",
+                     ", ".join(f"{k} {v:.1f}" for k, v in sample_s.items())])
+        print(f"{name}: loss {loss:.4f}, train {train_s:.0f} s, sampling {sample_s}", flush=True)
+    return ["Row", "Arguments", "Last loss", "Train s", "Sampling s"], rows
+
+
+def main(argv=None):
+    options = parse_args(argv)
+    if options.write_data:
+        np.savez_compressed(options.write_data, images=shapes_training_images())
+        print(f"Wrote {options.write_data}")
+        return
+    if not options.row:
+        sys.exit("recipe_sweep.py: give at least one --row NAME=ARGS ('default=' for the defaults)")
+    images = shapes_training_images(options.data)
+    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}; "
+          f"{len(images)} training images", flush=True)
+    if options.time_steps:
+        columns = ["Row", "Parameters", "Images/s", "Seconds per epoch"]
+        rows = []
+        for text in options.row:
+            name, args = row_arguments(text)
+            result = time_row(name, args, images, options.time_steps)
+            rows.append([name, f"{result['params']:,}", f"{result['images_per_s']:.1f}",
+                         f"{result['epoch_s']:.0f}"])
+            print(rows[-1], flush=True)
+    else:
+        out_dir = pathlib.Path(options.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        columns, rows = sweep(options, images, out_dir)
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + " --- |" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
