@@ -10,14 +10,13 @@ References:
     arXiv:2006.11239 (2020), Algorithms 1 and 2.
 """
 
-import math
 import warnings
 
 import numpy as np
 import keras
 from keras import ops
 
-from keras_ddpm import distribute, generation, sampling
+from keras_ddpm import distribute, sampling, sampling_api
 from keras_ddpm.ema import WeightAverage
 from keras_ddpm.schedule import ddpm_schedule, min_snr_weights
 
@@ -25,9 +24,8 @@ SAMPLERS = sampling.SAMPLERS
 PREDICTIONS = ("epsilon", "v", "x0")
 LOSS_WEIGHTINGS = (None, "min_snr")
 
-# Classifier-free guidance scale used when labels are given without a scale:
-# eps = eps(no class) + w * (eps(class) - eps(no class)).
-DEFAULT_GUIDANCE_SCALE = 2.0
+# Classifier-free guidance scale used when labels are given without a scale.
+DEFAULT_GUIDANCE_SCALE = sampling_api.DEFAULT_GUIDANCE_SCALE
 
 # Seeds are 0..MAX_SEED (TensorFlow's stateless seeds are int32).
 MAX_SEED = 2**31 - 2
@@ -166,7 +164,10 @@ class DiffusionModel(keras.Model):
         # The fixed seed of the training draws, folded with the step count.
         self._step_seed = [int(seed if seed is not None else np.random.randint(2**31 - 1)), 1]
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._reverse_processes = {}  # generation.ReverseProcess, by (guided, jit).
+        # The reverse process (plan, chunks, compiled loop) behind sample and inpaint.
+        self._sampling = sampling_api.SamplingAPI(
+            self.predict_noise, self.image_shape, tables, network.variables, num_classes, variance
+        )
         # The network is built; fit never calls this model, so say so here or
         # saving drops the optimizer state.
         self.built = True
@@ -632,43 +633,12 @@ class DiffusionModel(keras.Model):
             sampling.gather(self.tables["sqrtmab"], t), pred_noises.dtype
         )
 
-    def _reverse_process(self, guided):
-        """The `generation.ReverseProcess` of this model (guided or not), cached.
+    def _sampling_jit(self):
+        """The model's `jit_compile` setting for the sampling loop (XLA on TensorFlow when True)."""
+        return self.jit_compile if isinstance(self.jit_compile, bool) else False
 
-        Its denoising function is `predict_noise` with the run's labels and
-        guidance scale; the compiled loops it holds follow the model's
-        `jit_compile` setting (XLA on TensorFlow when True).
-        """
-        jit = self.jit_compile if isinstance(self.jit_compile, bool) else False
-        key = (guided, jit)
-        if key not in self._reverse_processes:
-            conditional = self.num_classes is not None
-
-            def denoise(x_t, t, labels, guidance_scale):
-                return self.predict_noise(
-                    x_t, t, labels if conditional else None, guidance_scale if guided else None
-                )
-
-            self._reverse_processes[key] = generation.ReverseProcess(
-                denoise, self.image_shape, self.tables, self.network.variables, jit
-            )
-        return self._reverse_processes[key]
-
-    def sample(
-        self,
-        n,
-        steps=None,
-        eta=0.0,
-        seed=None,
-        sampler=None,
-        clip_x0=None,
-        frames=None,
-        batch_size=None,
-        verbose="auto",
-        labels=None,
-        guidance_scale=None,
-        spacing=None,
-    ):
+    def sample(self, n, steps=None, eta=0.0, seed=None, sampler=None, clip_x0=None, frames=None,
+               batch_size=None, verbose="auto", labels=None, guidance_scale=None, spacing=None):
         """Generate `n` images by reverse diffusion from pure noise.
 
         With `steps=None` (or `steps=T`) this is the lecture's ancestral DDPM
@@ -725,40 +695,16 @@ class DiffusionModel(keras.Model):
         >>> images = model.sample(4, steps=20, sampler="dpm++", seed=0)
         >>> images, frames = model.sample(1, seed=0, frames=[1000, 200, 50, 0])
         """
-        _check_count("n", n)
-        steps = self.T if steps is None else steps
-        sampling.check_steps(steps, self.T)
-        sampler = self._sampler(sampler, steps, eta, clip_x0)
-        plan = generation.make_plan(sampler, self.tables, steps, spacing, frames, verbose)
-        conditions, guided = self._conditions(n, labels, guidance_scale)
-        process = self._reverse_process(guided)
-        return process.run(n, sampler, plan, seed, conditions, batch_size)
+        options = sampling_api.SampleOptions(
+            steps=steps, eta=eta, seed=seed, sampler=sampler, clip_x0=clip_x0,
+            batch_size=batch_size, verbose=verbose, labels=labels,
+            guidance_scale=guidance_scale, spacing=spacing,
+        )
+        return self._sampling.sample(n, options, frames, self._sampling_jit())
 
-    def _sampler(self, sampler, steps, eta, clip_x0):
-        """The sampler object for `sample`'s arguments (see `sampling.get_sampler`)."""
-        if sampler is None:
-            sampler = "ddpm" if steps == self.T else "ddim"
-        if clip_x0 is not None:
-            clip_x0 = sampling.check_bool("clip_x0", clip_x0)
-        eta = sampling.check_eta(eta)
-        return sampling.get_sampler(sampler, eta, clip_x0, self.variance)
-
-    def inpaint(
-        self,
-        images,
-        mask,
-        steps=None,
-        seed=None,
-        resample=1,
-        eta=0.0,
-        sampler=None,
-        clip_x0=None,
-        batch_size=None,
-        verbose="auto",
-        labels=None,
-        guidance_scale=None,
-        spacing=None,
-    ):
+    def inpaint(self, images, mask, steps=None, seed=None, resample=1, eta=0.0, sampler=None,
+                clip_x0=None, batch_size=None, verbose="auto", labels=None, guidance_scale=None,
+                spacing=None):
         """Regenerate the pixels of `images` where `mask` is 0; keep the rest.
 
         RePaint (Lugmayr et al. 2022): run the reverse diffusion from noise,
@@ -788,88 +734,12 @@ class DiffusionModel(keras.Model):
         >>> mask = np.ones((32, 32)); mask[8:24, 8:24] = 0  # Regenerate a square.
         >>> completed = model.inpaint(images, mask, steps=20, seed=1, resample=2)
         """
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1:] != self.image_shape:
-            raise ValueError(
-                f"images must have shape (n, {', '.join(map(str, self.image_shape))}) "
-                f"for this model, got {images.shape}."
-            )
-        mask = _broadcast_mask(mask, images.shape)
-        if isinstance(resample, bool) or not isinstance(resample, (int, np.integer)) or resample < 1:
-            raise ValueError(f"resample must be an integer >= 1, got {resample!r}.")
-        n = len(images)
-        steps = self.T if steps is None else steps
-        sampling.check_steps(steps, self.T)
-        sampler = self._sampler(sampler, steps, eta, clip_x0)
-        plan = generation.make_plan(
-            sampler, self.tables, steps, spacing, None, verbose, repeats=int(resample)
+        options = sampling_api.SampleOptions(
+            steps=steps, eta=eta, seed=seed, sampler=sampler, clip_x0=clip_x0,
+            batch_size=batch_size, verbose=verbose, labels=labels,
+            guidance_scale=guidance_scale, spacing=spacing,
         )
-        conditions, guided = self._conditions(n, labels, guidance_scale)
-        process = self._reverse_process(guided)
-        completed = process.run(
-            n, sampler, plan, seed, conditions, batch_size, (images, mask, int(resample))
-        )
-        # The known pixels are the input's, bit for bit.
-        return np.where(mask > 0, images, completed)
-
-    def _guidance_scale(self, labels, guidance_scale):
-        """The guidance scale to use, None for a single conditional pass."""
-        if guidance_scale is not None:
-            guidance_scale = float(guidance_scale)
-            if not math.isfinite(guidance_scale):
-                raise ValueError(f"guidance_scale must be finite, got {guidance_scale}.")
-            if labels is None:
-                raise ValueError(
-                    "guidance_scale needs labels: give the classes to guide towards "
-                    "(labels=...)."
-                )
-        elif labels is not None:
-            guidance_scale = DEFAULT_GUIDANCE_SCALE
-        return guidance_scale
-
-    def _conditions(self, n, labels, guidance_scale):
-        """`(conditions, guided)`: per-image labels `(n,)` and the guidance scale, as arrays.
-
-        `guided` says whether a step needs two network passes (a scale other
-        than None, 0 and 1).
-        """
-        scale = self._guidance_scale(labels, guidance_scale)
-        if labels is None:
-            label_array = np.full((n,), self.num_classes or 0, np.int32)
-        else:
-            label_array = self._check_labels(labels, n)
-        if scale == 0.0:  # Unconditional: the "no class" id for all.
-            label_array = np.full((n,), self.num_classes, np.int32)
-        conditions = {
-            "labels": label_array,
-            "guidance_scale": np.float32(1.0 if scale is None else scale),
-        }
-        return conditions, scale not in (None, 0.0, 1.0)
-
-    def _check_labels(self, labels, n):
-        """`labels` as an int32 array `(n,)` of class ids, or a clear ValueError."""
-        if self.num_classes is None:
-            raise ValueError(
-                "This model is unconditional (num_classes=None): it cannot sample "
-                "given labels. Train a model with num_classes=K to use labels."
-            )
-        array = np.asarray(labels)
-        if array.ndim == 0:
-            array = np.full((n,), array)
-        if array.shape != (n,) or not (
-            np.issubdtype(array.dtype, np.integer)
-            or (np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array)))
-        ):
-            raise ValueError(
-                f"labels must be one int or {n} ints (one class id per image), "
-                f"got {labels!r}."
-            )
-        if np.any(array < 0) or np.any(array >= self.num_classes):
-            raise ValueError(
-                f"labels must be class ids in 0..{self.num_classes - 1} (this model has "
-                f"num_classes={self.num_classes}), got {sorted(set(array.tolist()))}."
-            )
-        return array.astype(np.int32)
+        return self._sampling.inpaint(images, mask, resample, options, self._sampling_jit())
 
     # ----------------------------------------------------------- serialization
     def get_config(self):
@@ -942,10 +812,6 @@ def _check_known_values(values, low, high, what, fix):
         raise ValueError(f"{what}; got values from {array.min():g} to {array.max():g}. {fix}.")
 
 
-def _check_count(name, value):
-    """Raise `ValueError` unless `value` is a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer number of images, got {value!r}.")
 
 
 def _check_conditioning(network, num_classes, cond_drop_prob):
@@ -965,20 +831,3 @@ def _check_conditioning(network, num_classes, cond_drop_prob):
         )
     if not 0.0 <= float(cond_drop_prob) < 1.0:
         raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob!r}.")
-
-
-def _broadcast_mask(mask, shape):
-    """A float32 0/1 mask of `shape` from `mask` (see `DiffusionModel.inpaint`)."""
-    mask = np.asarray(mask)
-    if mask.ndim == 2:
-        mask = mask[..., None]
-    try:
-        mask = np.broadcast_to(mask, shape)
-    except ValueError:
-        raise ValueError(
-            f"mask of shape {mask.shape} does not fit images of shape {shape}: give "
-            "(n, H, W, C), (n, H, W, 1), (H, W, C) or (H, W)."
-        ) from None
-    if not np.all((mask == 0) | (mask == 1)):
-        raise ValueError("mask must hold only 0 (generate) and 1 (keep) values.")
-    return mask.astype(np.float32)
