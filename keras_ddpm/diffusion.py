@@ -16,16 +16,22 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_ddpm import distribute, sampling, sampling_api
+from keras_ddpm import distribute, jax_steps, sampling, sampling_api, targets
 from keras_ddpm.ema import WeightAverage
 from keras_ddpm.schedule import ddpm_schedule, min_snr_weights
 
 SAMPLERS = sampling.SAMPLERS
-PREDICTIONS = ("epsilon", "v", "x0")
+PREDICTIONS = targets.PREDICTIONS
 LOSS_WEIGHTINGS = (None, "min_snr")
 
 # Classifier-free guidance scale used when labels are given without a scale.
 DEFAULT_GUIDANCE_SCALE = sampling_api.DEFAULT_GUIDANCE_SCALE
+
+# The settings that `get_config` saves as they are (besides name, network, dtype).
+_CONFIG_SCALARS = (
+    "beta1", "beta2", "T", "schedule", "variance", "prediction", "num_classes",
+    "cond_drop_prob", "seed", "loss_weighting", "min_snr_gamma", "ema_decay",
+)
 
 # Seeds are 0..MAX_SEED (TensorFlow's stateless seeds are int32).
 MAX_SEED = 2**31 - 2
@@ -91,23 +97,9 @@ class DiffusionModel(keras.Model):
     (3, 32, 32, 3)
     """
 
-    def __init__(
-        self,
-        network,
-        beta1=1e-4,
-        beta2=0.02,
-        T=1000,
-        schedule="linear",
-        variance="beta",
-        prediction="epsilon",
-        num_classes=None,
-        cond_drop_prob=0.1,
-        seed=None,
-        loss_weighting=None,
-        min_snr_gamma=5.0,
-        ema_decay=None,
-        **kwargs,
-    ):
+    def __init__(self, network, beta1=1e-4, beta2=0.02, T=1000, schedule="linear",
+                 variance="beta", prediction="epsilon", num_classes=None, cond_drop_prob=0.1,
+                 seed=None, loss_weighting=None, min_snr_gamma=5.0, ema_decay=None, **kwargs):
         # Mixed precision: the model follows its network's dtype policy (the
         # global one when it was built), so compile adds loss scaling for
         # mixed_float16; the policy is saved with the model.
@@ -115,24 +107,7 @@ class DiffusionModel(keras.Model):
             kwargs.setdefault("dtype", network.dtype_policy)
         super().__init__(**kwargs)
         tables = ddpm_schedule(beta1, beta2, T, kind=schedule)  # Validates the scalars.
-        if variance not in sampling.VARIANCES:
-            raise ValueError(
-                f"variance must be one of {sampling.VARIANCES}, got {variance!r}."
-            )
-        if not isinstance(network, keras.Model):
-            raise ValueError(
-                "network must be a keras.Model mapping [x_t, t] to the predicted "
-                f"noise (e.g. keras_ddpm.NaiveUnet), got {type(network).__name__}."
-            )
-        if prediction not in PREDICTIONS:
-            raise ValueError(
-                f"prediction must be one of {PREDICTIONS}, got {prediction!r}."
-            )
-        _check_conditioning(network, num_classes, cond_drop_prob)
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(
-                f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}."
-            )
+        _check_settings(network, variance, prediction, num_classes, cond_drop_prob, loss_weighting)
         # Validates gamma for every model, so a bad value fails where it is given.
         self._loss_weights = min_snr_weights(tables["alphabar_t"], min_snr_gamma, prediction)
         if seed is not None and (
@@ -228,17 +203,6 @@ class DiffusionModel(keras.Model):
         )
         return sampling.add_noise(images, t, noises, self.tables)
 
-    def _check_images(self, images):
-        shape = tuple(images.shape[1:])
-        if len(shape) != 3 or any(
-            got is not None and got != want for got, want in zip(shape, self.image_shape)
-        ):
-            raise ValueError(
-                f"The data's images have shape {shape} (height, width, channels) "
-                f"but the network expects {self.image_shape}. Build the network "
-                "with the data's image shape, or resize the data."
-            )
-
     def diffusion_loss(self, images, labels=None, training=False, draws=None):
         """The lecture's loss on a batch of clean images: MSE(eps, eps_theta).
 
@@ -264,7 +228,7 @@ class DiffusionModel(keras.Model):
         Example:
         >>> loss = model.diffusion_loss(keras.ops.zeros((4, 32, 32, 3)))
         """
-        self._check_images(images)
+        _check_images(images, self.image_shape)
         images = ops.cast(images, "float32")
         # Training draws follow the optimizer's step count, so a resumed run
         # draws exactly what an uninterrupted one would have.
@@ -274,7 +238,7 @@ class DiffusionModel(keras.Model):
         if self.num_classes is None:
             labels = None
         else:
-            labels = self._drop_labels(self._check_training_labels(labels), step)
+            labels = self._drop_labels(_check_training_labels(labels, self.num_classes), step)
         outputs = ops.cast(self.network_output(noisy_images, t, labels, training), "float32")
         errors = ops.square(self.prediction_target(images, noises, t) - outputs)
         if self.loss_weighting is None:
@@ -292,38 +256,7 @@ class DiffusionModel(keras.Model):
         >>> model.prediction_target(x0, eps, keras.ops.array([1, 1000])).shape
         (2, 32, 32, 3)
         """
-        if self.prediction == "epsilon":
-            return noises
-        if self.prediction == "x0":
-            return images
-        tables = self.tables
-        return sampling.gather(tables["sqrtab"], t) * noises - sampling.gather(
-            tables["sqrtmab"], t
-        ) * images
-
-    def _check_training_labels(self, labels):
-        """The batch's labels as int32 `(batch,)`, checked against num_classes."""
-        if labels is None:
-            raise ValueError(
-                f"This model is class-conditional (num_classes={self.num_classes}): "
-                "train it on (images, labels) batches, e.g. "
-                "load_dataset(..., with_labels=True)."
-            )
-        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            message = (
-                f"labels must be class ids in 0..{self.num_classes - 1} "
-                f"(num_classes={self.num_classes})"
-            )
-            checks = [
-                tf.debugging.assert_non_negative(labels, message=message),
-                tf.debugging.assert_less(labels, self.num_classes, message=message),
-            ]
-            with tf.control_dependencies(checks):
-                labels = tf.identity(labels)
-        return labels
+        return targets.prediction_target(self.prediction, images, noises, t, self.tables)
 
     def _drop_labels(self, labels, step=None):
         """Replace each label by "no class" (num_classes) with prob. cond_drop_prob."""
@@ -332,7 +265,8 @@ class DiffusionModel(keras.Model):
         if keras.backend.backend() == "tensorflow":  # Each replica drops its own labels.
             import tensorflow as tf
 
-            seed = tf.random.experimental.stateless_fold_in(self._replica_seed(step), 7)
+            seed = distribute.step_seed(self._step_seed, step, self.seed_generator)
+            seed = tf.random.experimental.stateless_fold_in(seed, 7)
             draws = tf.random.stateless_uniform(tf.shape(labels), seed)
         else:
             draws = keras.random.uniform(ops.shape(labels), seed=self.seed_generator)
@@ -364,40 +298,13 @@ class DiffusionModel(keras.Model):
             return t, noises
         import tensorflow as tf
 
-        seed = self._replica_seed(step)
+        seed = distribute.step_seed(self._step_seed, step, self.seed_generator)
         t_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         t = tf.random.stateless_uniform(
             image_shape[:1], t_seed, minval=1, maxval=self.T + 1, dtype="int32"
         )
         noises = tf.random.stateless_normal(image_shape, noise_seed)
         return t, noises
-
-    def _replica_seed(self, step=None):
-        """TensorFlow: a stateless seed of this step, different on every replica.
-
-        The model's fixed seed folded with `step` (training), or the seed
-        generator's next seed; then folded with the replica id.
-        """
-        import tensorflow as tf
-
-        if step is None:
-            seed = self.seed_generator.next()
-        else:
-            seed = tf.random.experimental.stateless_fold_in(
-                tf.constant(self._step_seed, "int32"), tf.cast(step, "int64")
-            )
-        replica_context = tf.distribute.get_replica_context()
-        if replica_context is not None:  # None in a cross-replica context.
-            seed = tf.random.experimental.stateless_fold_in(
-                seed, replica_context.replica_id_in_sync_group
-            )
-        return seed
-
-    @staticmethod
-    def _unpack(data):
-        """`(images, labels)` from a batch: images alone, or `(images, labels)`."""
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return images, labels
 
     def fit(self, x=None, *args, **kwargs):
         """`keras.Model.fit`; a `tf.data.Dataset` is not reshuffled by Keras.
@@ -426,7 +333,7 @@ class DiffusionModel(keras.Model):
 
         TensorFlow: `train_step(data)` with a gradient tape. JAX:
         `train_step(state, data) -> (logs, state)`, Keras' stateless pattern
-        (`_stateless_train_step`). Both minimise `diffusion_loss` and scale it
+        (`keras_ddpm.jax_steps`). Both minimise `diffusion_loss` and scale it
         with `optimizer.scale_loss` (a `LossScaleOptimizer` under
         `mixed_float16`; the identity otherwise).
 
@@ -440,11 +347,11 @@ class DiffusionModel(keras.Model):
         one-device update of the same global batch.
         """
         if keras.backend.backend() == "jax":
-            return self._stateless_train_step(*args)
+            return jax_steps.train_step(self, *args)
         import tensorflow as tf
 
         (data,) = args
-        images, labels = self._unpack(data)
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             loss = self.diffusion_loss(images, labels, training=True)
             # Keras sums gradients over replicas: average the loss over them.
@@ -464,74 +371,12 @@ class DiffusionModel(keras.Model):
         TensorFlow: `test_step(data)`; JAX: `test_step(state, data) -> (logs, state)`.
         """
         if keras.backend.backend() == "jax":
-            return self._stateless_test_step(*args)
+            return jax_steps.test_step(self, *args)
         (data,) = args
-        images, labels = self._unpack(data)
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         loss = self.diffusion_loss(images, labels, training=False)
         self.loss_tracker.update_state(loss)
         return distribute.reducible_logs({"loss": self.loss_tracker.result()})
-
-    # JAX: the train and test steps are pure functions of the model's state
-    # (Keras' stateless pattern): `diffusion_loss` runs inside a
-    # `keras.StatelessScope` that maps every variable to the value passed in,
-    # and the new values (the seed generator's, the optimizer's) come back out.
-    def _stateless_loss(self, trainable, non_trainable, optimizer_variables, data, training):
-        """`(scaled_loss, (loss, non_trainable))` from `diffusion_loss` at these values."""
-        images, labels = self._unpack(data)
-        mapping = list(zip(self.trainable_variables, trainable))
-        mapping += list(zip(self.non_trainable_variables, non_trainable))
-        if optimizer_variables is not None:
-            mapping += list(zip(self.optimizer.variables, optimizer_variables))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            loss = self.diffusion_loss(images, labels, training=training)
-            scaled_loss = self.optimizer.scale_loss(loss) if training else loss
-        non_trainable = [scope.get_current_value(v) for v in self.non_trainable_variables]
-        return scaled_loss, (loss, non_trainable)
-
-    def _stateless_metrics(self, metrics_variables, loss):
-        """`(logs, metrics_variables)` after recording `loss` in the loss tracker."""
-        metrics_variables = self.loss_tracker.stateless_update_state(metrics_variables, loss)
-        return {"loss": self.loss_tracker.stateless_result(metrics_variables)}, metrics_variables
-
-    def _stateless_train_step(self, state, data):
-        import jax
-
-        trainable, non_trainable, optimizer_variables, metrics_variables = state
-        gradient_fn = jax.value_and_grad(self._stateless_loss, has_aux=True)
-        (_, (loss, non_trainable)), gradients = gradient_fn(
-            trainable, non_trainable, optimizer_variables, data, True
-        )
-        # Unscales the gradients and skips non-finite steps under mixed_float16.
-        trainable, optimizer_variables = self.optimizer.stateless_apply(
-            optimizer_variables, gradients, trainable
-        )
-        if self.weight_average is not None:
-            non_trainable = self._stateless_average(trainable, non_trainable)
-        logs, metrics_variables = self._stateless_metrics(metrics_variables, loss)
-        return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
-
-    def _stateless_average(self, trainable, non_trainable):
-        """`non_trainable` with the weight averages moved towards `trainable`."""
-        average = self.weight_average
-        position = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
-        values = dict(zip(map(id, self.trainable_variables), trainable))
-        averages, updates = average.stateless_update(
-            [non_trainable[position[id(v)]] for v in average.averages],
-            non_trainable[position[id(average.updates)]],
-            [values[id(v)] for v in self.network.trainable_variables],
-        )
-        non_trainable = list(non_trainable)
-        for variable, value in zip(average.averages + [average.updates], averages + [updates]):
-            non_trainable[position[id(variable)]] = value
-        return non_trainable
-
-    def _stateless_test_step(self, state, data):
-        trainable, non_trainable, metrics_variables = state
-        _, (loss, non_trainable) = self._stateless_loss(
-            trainable, non_trainable, None, data, False
-        )
-        logs, metrics_variables = self._stateless_metrics(metrics_variables, loss)
-        return logs, (trainable, non_trainable, metrics_variables)
 
     # ---------------------------------------------------------------- sampling
     def network_output(self, x_t, t, labels=None, training=False):
@@ -582,7 +427,8 @@ class DiffusionModel(keras.Model):
         x_t, t = ops.convert_to_tensor(x_t), ops.convert_to_tensor(t)
         if guidance_scale is None:
             outputs = self.network_output(x_t, t, labels, training)
-            return self._noise_from_output(ops.cast(outputs, x_t.dtype), x_t, t)
+            outputs = ops.cast(outputs, x_t.dtype)
+            return targets.noise_from_prediction(self.prediction, outputs, x_t, t, self.tables)
         if labels is None or self.num_classes is None:
             raise ValueError(
                 "guidance_scale needs labels and a class-conditional model."
@@ -596,17 +442,6 @@ class DiffusionModel(keras.Model):
         )
         cond, uncond = ops.split(both, 2, axis=0)
         return uncond + ops.cast(guidance_scale, uncond.dtype) * (cond - uncond)
-
-    def _noise_from_output(self, outputs, x_t, t):
-        """The noise estimate implied by the network's output."""
-        if self.prediction == "epsilon":
-            return outputs
-        tables = self.tables
-        signal_rates = ops.cast(sampling.gather(tables["sqrtab"], t), x_t.dtype)
-        noise_rates = ops.cast(sampling.gather(tables["sqrtmab"], t), x_t.dtype)
-        if self.prediction == "v":
-            return noise_rates * x_t + signal_rates * outputs
-        return (x_t - signal_rates * outputs) / noise_rates
 
     def score(self, x_t, t, labels=None, guidance_scale=None):
         """The score grad_x log p_t(x_t) = -eps_theta(x_t, t) / sqrt(1 - alphabar_t).
@@ -743,24 +578,14 @@ class DiffusionModel(keras.Model):
 
     # ----------------------------------------------------------- serialization
     def get_config(self):
-        return {
+        config = {
             "name": self.name,
             "trainable": self.trainable,
             "network": keras.saving.serialize_keras_object(self.network),
-            "beta1": self.beta1,
-            "beta2": self.beta2,
-            "T": self.T,
-            "schedule": self.schedule,
-            "variance": self.variance,
-            "prediction": self.prediction,
-            "num_classes": self.num_classes,
-            "cond_drop_prob": self.cond_drop_prob,
-            "seed": self.seed,
-            "loss_weighting": self.loss_weighting,
-            "min_snr_gamma": self.min_snr_gamma,
-            "ema_decay": self.ema_decay,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
+        config.update({key: getattr(self, key) for key in _CONFIG_SCALARS})
+        config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -812,10 +637,55 @@ def _check_known_values(values, low, high, what, fix):
         raise ValueError(f"{what}; got values from {array.min():g} to {array.max():g}. {fix}.")
 
 
+def _check_images(images, image_shape):
+    """Raise a ValueError unless the images' shape is `(batch,) + image_shape`."""
+    shape = tuple(images.shape[1:])
+    if len(shape) != 3 or any(
+        got is not None and got != want for got, want in zip(shape, image_shape)
+    ):
+        raise ValueError(
+            f"The data's images have shape {shape} (height, width, channels) "
+            f"but the network expects {image_shape}. Build the network "
+            "with the data's image shape, or resize the data."
+        )
 
 
-def _check_conditioning(network, num_classes, cond_drop_prob):
-    """Check that the network's inputs match `num_classes` (None: unconditional)."""
+def _check_training_labels(labels, num_classes):
+    """A training batch's labels as int32 `(batch,)`, checked against `num_classes`."""
+    if labels is None:
+        raise ValueError(
+            f"This model is class-conditional (num_classes={num_classes}): "
+            "train it on (images, labels) batches, e.g. "
+            "load_dataset(..., with_labels=True)."
+        )
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        message = (
+            f"labels must be class ids in 0..{num_classes - 1} "
+            f"(num_classes={num_classes})"
+        )
+        checks = [
+            tf.debugging.assert_non_negative(labels, message=message),
+            tf.debugging.assert_less(labels, num_classes, message=message),
+        ]
+        with tf.control_dependencies(checks):
+            labels = tf.identity(labels)
+    return labels
+
+
+def _check_settings(network, variance, prediction, num_classes, cond_drop_prob, loss_weighting):
+    """Check `DiffusionModel`'s settings, and that the network's inputs match `num_classes`."""
+    if variance not in sampling.VARIANCES:
+        raise ValueError(f"variance must be one of {sampling.VARIANCES}, got {variance!r}.")
+    if not isinstance(network, keras.Model):
+        raise ValueError(
+            "network must be a keras.Model mapping [x_t, t] to the predicted "
+            f"noise (e.g. keras_ddpm.NaiveUnet), got {type(network).__name__}."
+        )
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}.")
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
@@ -831,3 +701,7 @@ def _check_conditioning(network, num_classes, cond_drop_prob):
         )
     if not 0.0 <= float(cond_drop_prob) < 1.0:
         raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob!r}.")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(
+            f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}."
+        )
