@@ -10,24 +10,28 @@ References:
     arXiv:2006.11239 (2020), Algorithms 1 and 2.
 """
 
-import math
 import warnings
 
 import numpy as np
 import keras
 from keras import ops
 
-from keras_ddpm import distribute, generation, sampling
+from keras_ddpm import distribute, jax_steps, sampling, sampling_api, targets
 from keras_ddpm.ema import WeightAverage
 from keras_ddpm.schedule import ddpm_schedule, min_snr_weights
 
 SAMPLERS = sampling.SAMPLERS
-PREDICTIONS = ("epsilon", "v", "x0")
+PREDICTIONS = targets.PREDICTIONS
 LOSS_WEIGHTINGS = (None, "min_snr")
 
-# Classifier-free guidance scale used when labels are given without a scale:
-# eps = eps(no class) + w * (eps(class) - eps(no class)).
-DEFAULT_GUIDANCE_SCALE = 2.0
+# Classifier-free guidance scale used when labels are given without a scale.
+DEFAULT_GUIDANCE_SCALE = sampling_api.DEFAULT_GUIDANCE_SCALE
+
+# The settings that `get_config` saves as they are (besides name, network, dtype).
+_CONFIG_SCALARS = (
+    "beta1", "beta2", "T", "schedule", "variance", "prediction", "num_classes",
+    "cond_drop_prob", "seed", "loss_weighting", "min_snr_gamma", "ema_decay",
+)
 
 # Seeds are 0..MAX_SEED (TensorFlow's stateless seeds are int32).
 MAX_SEED = 2**31 - 2
@@ -93,23 +97,9 @@ class DiffusionModel(keras.Model):
     (3, 32, 32, 3)
     """
 
-    def __init__(
-        self,
-        network,
-        beta1=1e-4,
-        beta2=0.02,
-        T=1000,
-        schedule="linear",
-        variance="beta",
-        prediction="epsilon",
-        num_classes=None,
-        cond_drop_prob=0.1,
-        seed=None,
-        loss_weighting=None,
-        min_snr_gamma=5.0,
-        ema_decay=None,
-        **kwargs,
-    ):
+    def __init__(self, network, beta1=1e-4, beta2=0.02, T=1000, schedule="linear",
+                 variance="beta", prediction="epsilon", num_classes=None, cond_drop_prob=0.1,
+                 seed=None, loss_weighting=None, min_snr_gamma=5.0, ema_decay=None, **kwargs):
         # Mixed precision: the model follows its network's dtype policy (the
         # global one when it was built), so compile adds loss scaling for
         # mixed_float16; the policy is saved with the model.
@@ -117,24 +107,7 @@ class DiffusionModel(keras.Model):
             kwargs.setdefault("dtype", network.dtype_policy)
         super().__init__(**kwargs)
         tables = ddpm_schedule(beta1, beta2, T, kind=schedule)  # Validates the scalars.
-        if variance not in sampling.VARIANCES:
-            raise ValueError(
-                f"variance must be one of {sampling.VARIANCES}, got {variance!r}."
-            )
-        if not isinstance(network, keras.Model):
-            raise ValueError(
-                "network must be a keras.Model mapping [x_t, t] to the predicted "
-                f"noise (e.g. keras_ddpm.NaiveUnet), got {type(network).__name__}."
-            )
-        if prediction not in PREDICTIONS:
-            raise ValueError(
-                f"prediction must be one of {PREDICTIONS}, got {prediction!r}."
-            )
-        _check_conditioning(network, num_classes, cond_drop_prob)
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(
-                f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}."
-            )
+        _check_settings(network, variance, prediction, num_classes, cond_drop_prob, loss_weighting)
         # Validates gamma for every model, so a bad value fails where it is given.
         self._loss_weights = min_snr_weights(tables["alphabar_t"], min_snr_gamma, prediction)
         if seed is not None and (
@@ -166,7 +139,10 @@ class DiffusionModel(keras.Model):
         # The fixed seed of the training draws, folded with the step count.
         self._step_seed = [int(seed if seed is not None else np.random.randint(2**31 - 1)), 1]
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._reverse_processes = {}  # generation.ReverseProcess, by (guided, jit).
+        # The reverse process (plan, chunks, compiled loop) behind sample and inpaint.
+        self._sampling = sampling_api.SamplingAPI(
+            self.predict_noise, self.image_shape, tables, network.variables, num_classes, variance
+        )
         # The network is built; fit never calls this model, so say so here or
         # saving drops the optimizer state.
         self.built = True
@@ -227,17 +203,6 @@ class DiffusionModel(keras.Model):
         )
         return sampling.add_noise(images, t, noises, self.tables)
 
-    def _check_images(self, images):
-        shape = tuple(images.shape[1:])
-        if len(shape) != 3 or any(
-            got is not None and got != want for got, want in zip(shape, self.image_shape)
-        ):
-            raise ValueError(
-                f"The data's images have shape {shape} (height, width, channels) "
-                f"but the network expects {self.image_shape}. Build the network "
-                "with the data's image shape, or resize the data."
-            )
-
     def diffusion_loss(self, images, labels=None, training=False, draws=None):
         """The lecture's loss on a batch of clean images: MSE(eps, eps_theta).
 
@@ -263,7 +228,7 @@ class DiffusionModel(keras.Model):
         Example:
         >>> loss = model.diffusion_loss(keras.ops.zeros((4, 32, 32, 3)))
         """
-        self._check_images(images)
+        _check_images(images, self.image_shape)
         images = ops.cast(images, "float32")
         # Training draws follow the optimizer's step count, so a resumed run
         # draws exactly what an uninterrupted one would have.
@@ -273,7 +238,7 @@ class DiffusionModel(keras.Model):
         if self.num_classes is None:
             labels = None
         else:
-            labels = self._drop_labels(self._check_training_labels(labels), step)
+            labels = self._drop_labels(_check_training_labels(labels, self.num_classes), step)
         outputs = ops.cast(self.network_output(noisy_images, t, labels, training), "float32")
         errors = ops.square(self.prediction_target(images, noises, t) - outputs)
         if self.loss_weighting is None:
@@ -291,38 +256,7 @@ class DiffusionModel(keras.Model):
         >>> model.prediction_target(x0, eps, keras.ops.array([1, 1000])).shape
         (2, 32, 32, 3)
         """
-        if self.prediction == "epsilon":
-            return noises
-        if self.prediction == "x0":
-            return images
-        tables = self.tables
-        return sampling.gather(tables["sqrtab"], t) * noises - sampling.gather(
-            tables["sqrtmab"], t
-        ) * images
-
-    def _check_training_labels(self, labels):
-        """The batch's labels as int32 `(batch,)`, checked against num_classes."""
-        if labels is None:
-            raise ValueError(
-                f"This model is class-conditional (num_classes={self.num_classes}): "
-                "train it on (images, labels) batches, e.g. "
-                "load_dataset(..., with_labels=True)."
-            )
-        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            message = (
-                f"labels must be class ids in 0..{self.num_classes - 1} "
-                f"(num_classes={self.num_classes})"
-            )
-            checks = [
-                tf.debugging.assert_non_negative(labels, message=message),
-                tf.debugging.assert_less(labels, self.num_classes, message=message),
-            ]
-            with tf.control_dependencies(checks):
-                labels = tf.identity(labels)
-        return labels
+        return targets.prediction_target(self.prediction, images, noises, t, self.tables)
 
     def _drop_labels(self, labels, step=None):
         """Replace each label by "no class" (num_classes) with prob. cond_drop_prob."""
@@ -331,7 +265,8 @@ class DiffusionModel(keras.Model):
         if keras.backend.backend() == "tensorflow":  # Each replica drops its own labels.
             import tensorflow as tf
 
-            seed = tf.random.experimental.stateless_fold_in(self._replica_seed(step), 7)
+            seed = distribute.step_seed(self._step_seed, step, self.seed_generator)
+            seed = tf.random.experimental.stateless_fold_in(seed, 7)
             draws = tf.random.stateless_uniform(tf.shape(labels), seed)
         else:
             draws = keras.random.uniform(ops.shape(labels), seed=self.seed_generator)
@@ -363,40 +298,13 @@ class DiffusionModel(keras.Model):
             return t, noises
         import tensorflow as tf
 
-        seed = self._replica_seed(step)
+        seed = distribute.step_seed(self._step_seed, step, self.seed_generator)
         t_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         t = tf.random.stateless_uniform(
             image_shape[:1], t_seed, minval=1, maxval=self.T + 1, dtype="int32"
         )
         noises = tf.random.stateless_normal(image_shape, noise_seed)
         return t, noises
-
-    def _replica_seed(self, step=None):
-        """TensorFlow: a stateless seed of this step, different on every replica.
-
-        The model's fixed seed folded with `step` (training), or the seed
-        generator's next seed; then folded with the replica id.
-        """
-        import tensorflow as tf
-
-        if step is None:
-            seed = self.seed_generator.next()
-        else:
-            seed = tf.random.experimental.stateless_fold_in(
-                tf.constant(self._step_seed, "int32"), tf.cast(step, "int64")
-            )
-        replica_context = tf.distribute.get_replica_context()
-        if replica_context is not None:  # None in a cross-replica context.
-            seed = tf.random.experimental.stateless_fold_in(
-                seed, replica_context.replica_id_in_sync_group
-            )
-        return seed
-
-    @staticmethod
-    def _unpack(data):
-        """`(images, labels)` from a batch: images alone, or `(images, labels)`."""
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return images, labels
 
     def fit(self, x=None, *args, **kwargs):
         """`keras.Model.fit`; a `tf.data.Dataset` is not reshuffled by Keras.
@@ -425,7 +333,7 @@ class DiffusionModel(keras.Model):
 
         TensorFlow: `train_step(data)` with a gradient tape. JAX:
         `train_step(state, data) -> (logs, state)`, Keras' stateless pattern
-        (`_stateless_train_step`). Both minimise `diffusion_loss` and scale it
+        (`keras_ddpm.jax_steps`). Both minimise `diffusion_loss` and scale it
         with `optimizer.scale_loss` (a `LossScaleOptimizer` under
         `mixed_float16`; the identity otherwise).
 
@@ -439,11 +347,11 @@ class DiffusionModel(keras.Model):
         one-device update of the same global batch.
         """
         if keras.backend.backend() == "jax":
-            return self._stateless_train_step(*args)
+            return jax_steps.train_step(self, *args)
         import tensorflow as tf
 
         (data,) = args
-        images, labels = self._unpack(data)
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             loss = self.diffusion_loss(images, labels, training=True)
             # Keras sums gradients over replicas: average the loss over them.
@@ -463,74 +371,12 @@ class DiffusionModel(keras.Model):
         TensorFlow: `test_step(data)`; JAX: `test_step(state, data) -> (logs, state)`.
         """
         if keras.backend.backend() == "jax":
-            return self._stateless_test_step(*args)
+            return jax_steps.test_step(self, *args)
         (data,) = args
-        images, labels = self._unpack(data)
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         loss = self.diffusion_loss(images, labels, training=False)
         self.loss_tracker.update_state(loss)
         return distribute.reducible_logs({"loss": self.loss_tracker.result()})
-
-    # JAX: the train and test steps are pure functions of the model's state
-    # (Keras' stateless pattern): `diffusion_loss` runs inside a
-    # `keras.StatelessScope` that maps every variable to the value passed in,
-    # and the new values (the seed generator's, the optimizer's) come back out.
-    def _stateless_loss(self, trainable, non_trainable, optimizer_variables, data, training):
-        """`(scaled_loss, (loss, non_trainable))` from `diffusion_loss` at these values."""
-        images, labels = self._unpack(data)
-        mapping = list(zip(self.trainable_variables, trainable))
-        mapping += list(zip(self.non_trainable_variables, non_trainable))
-        if optimizer_variables is not None:
-            mapping += list(zip(self.optimizer.variables, optimizer_variables))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            loss = self.diffusion_loss(images, labels, training=training)
-            scaled_loss = self.optimizer.scale_loss(loss) if training else loss
-        non_trainable = [scope.get_current_value(v) for v in self.non_trainable_variables]
-        return scaled_loss, (loss, non_trainable)
-
-    def _stateless_metrics(self, metrics_variables, loss):
-        """`(logs, metrics_variables)` after recording `loss` in the loss tracker."""
-        metrics_variables = self.loss_tracker.stateless_update_state(metrics_variables, loss)
-        return {"loss": self.loss_tracker.stateless_result(metrics_variables)}, metrics_variables
-
-    def _stateless_train_step(self, state, data):
-        import jax
-
-        trainable, non_trainable, optimizer_variables, metrics_variables = state
-        gradient_fn = jax.value_and_grad(self._stateless_loss, has_aux=True)
-        (_, (loss, non_trainable)), gradients = gradient_fn(
-            trainable, non_trainable, optimizer_variables, data, True
-        )
-        # Unscales the gradients and skips non-finite steps under mixed_float16.
-        trainable, optimizer_variables = self.optimizer.stateless_apply(
-            optimizer_variables, gradients, trainable
-        )
-        if self.weight_average is not None:
-            non_trainable = self._stateless_average(trainable, non_trainable)
-        logs, metrics_variables = self._stateless_metrics(metrics_variables, loss)
-        return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
-
-    def _stateless_average(self, trainable, non_trainable):
-        """`non_trainable` with the weight averages moved towards `trainable`."""
-        average = self.weight_average
-        position = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
-        values = dict(zip(map(id, self.trainable_variables), trainable))
-        averages, updates = average.stateless_update(
-            [non_trainable[position[id(v)]] for v in average.averages],
-            non_trainable[position[id(average.updates)]],
-            [values[id(v)] for v in self.network.trainable_variables],
-        )
-        non_trainable = list(non_trainable)
-        for variable, value in zip(average.averages + [average.updates], averages + [updates]):
-            non_trainable[position[id(variable)]] = value
-        return non_trainable
-
-    def _stateless_test_step(self, state, data):
-        trainable, non_trainable, metrics_variables = state
-        _, (loss, non_trainable) = self._stateless_loss(
-            trainable, non_trainable, None, data, False
-        )
-        logs, metrics_variables = self._stateless_metrics(metrics_variables, loss)
-        return logs, (trainable, non_trainable, metrics_variables)
 
     # ---------------------------------------------------------------- sampling
     def network_output(self, x_t, t, labels=None, training=False):
@@ -581,7 +427,8 @@ class DiffusionModel(keras.Model):
         x_t, t = ops.convert_to_tensor(x_t), ops.convert_to_tensor(t)
         if guidance_scale is None:
             outputs = self.network_output(x_t, t, labels, training)
-            return self._noise_from_output(ops.cast(outputs, x_t.dtype), x_t, t)
+            outputs = ops.cast(outputs, x_t.dtype)
+            return targets.noise_from_prediction(self.prediction, outputs, x_t, t, self.tables)
         if labels is None or self.num_classes is None:
             raise ValueError(
                 "guidance_scale needs labels and a class-conditional model."
@@ -595,17 +442,6 @@ class DiffusionModel(keras.Model):
         )
         cond, uncond = ops.split(both, 2, axis=0)
         return uncond + ops.cast(guidance_scale, uncond.dtype) * (cond - uncond)
-
-    def _noise_from_output(self, outputs, x_t, t):
-        """The noise estimate implied by the network's output."""
-        if self.prediction == "epsilon":
-            return outputs
-        tables = self.tables
-        signal_rates = ops.cast(sampling.gather(tables["sqrtab"], t), x_t.dtype)
-        noise_rates = ops.cast(sampling.gather(tables["sqrtmab"], t), x_t.dtype)
-        if self.prediction == "v":
-            return noise_rates * x_t + signal_rates * outputs
-        return (x_t - signal_rates * outputs) / noise_rates
 
     def score(self, x_t, t, labels=None, guidance_scale=None):
         """The score grad_x log p_t(x_t) = -eps_theta(x_t, t) / sqrt(1 - alphabar_t).
@@ -632,43 +468,12 @@ class DiffusionModel(keras.Model):
             sampling.gather(self.tables["sqrtmab"], t), pred_noises.dtype
         )
 
-    def _reverse_process(self, guided):
-        """The `generation.ReverseProcess` of this model (guided or not), cached.
+    def _sampling_jit(self):
+        """The model's `jit_compile` setting for the sampling loop (XLA on TensorFlow when True)."""
+        return self.jit_compile if isinstance(self.jit_compile, bool) else False
 
-        Its denoising function is `predict_noise` with the run's labels and
-        guidance scale; the compiled loops it holds follow the model's
-        `jit_compile` setting (XLA on TensorFlow when True).
-        """
-        jit = self.jit_compile if isinstance(self.jit_compile, bool) else False
-        key = (guided, jit)
-        if key not in self._reverse_processes:
-            conditional = self.num_classes is not None
-
-            def denoise(x_t, t, labels, guidance_scale):
-                return self.predict_noise(
-                    x_t, t, labels if conditional else None, guidance_scale if guided else None
-                )
-
-            self._reverse_processes[key] = generation.ReverseProcess(
-                denoise, self.image_shape, self.tables, self.network.variables, jit
-            )
-        return self._reverse_processes[key]
-
-    def sample(
-        self,
-        n,
-        steps=None,
-        eta=0.0,
-        seed=None,
-        sampler=None,
-        clip_x0=None,
-        frames=None,
-        batch_size=None,
-        verbose="auto",
-        labels=None,
-        guidance_scale=None,
-        spacing=None,
-    ):
+    def sample(self, n, steps=None, eta=0.0, seed=None, sampler=None, clip_x0=None, frames=None,
+               batch_size=None, verbose="auto", labels=None, guidance_scale=None, spacing=None):
         """Generate `n` images by reverse diffusion from pure noise.
 
         With `steps=None` (or `steps=T`) this is the lecture's ancestral DDPM
@@ -725,40 +530,16 @@ class DiffusionModel(keras.Model):
         >>> images = model.sample(4, steps=20, sampler="dpm++", seed=0)
         >>> images, frames = model.sample(1, seed=0, frames=[1000, 200, 50, 0])
         """
-        _check_count("n", n)
-        steps = self.T if steps is None else steps
-        sampling.check_steps(steps, self.T)
-        sampler = self._sampler(sampler, steps, eta, clip_x0)
-        plan = generation.make_plan(sampler, self.tables, steps, spacing, frames, verbose)
-        conditions, guided = self._conditions(n, labels, guidance_scale)
-        process = self._reverse_process(guided)
-        return process.run(n, sampler, plan, seed, conditions, batch_size)
+        options = sampling_api.SampleOptions(
+            steps=steps, eta=eta, seed=seed, sampler=sampler, clip_x0=clip_x0,
+            batch_size=batch_size, verbose=verbose, labels=labels,
+            guidance_scale=guidance_scale, spacing=spacing,
+        )
+        return self._sampling.sample(n, options, frames, self._sampling_jit())
 
-    def _sampler(self, sampler, steps, eta, clip_x0):
-        """The sampler object for `sample`'s arguments (see `sampling.get_sampler`)."""
-        if sampler is None:
-            sampler = "ddpm" if steps == self.T else "ddim"
-        if clip_x0 is not None:
-            clip_x0 = sampling.check_bool("clip_x0", clip_x0)
-        eta = sampling.check_eta(eta)
-        return sampling.get_sampler(sampler, eta, clip_x0, self.variance)
-
-    def inpaint(
-        self,
-        images,
-        mask,
-        steps=None,
-        seed=None,
-        resample=1,
-        eta=0.0,
-        sampler=None,
-        clip_x0=None,
-        batch_size=None,
-        verbose="auto",
-        labels=None,
-        guidance_scale=None,
-        spacing=None,
-    ):
+    def inpaint(self, images, mask, steps=None, seed=None, resample=1, eta=0.0, sampler=None,
+                clip_x0=None, batch_size=None, verbose="auto", labels=None, guidance_scale=None,
+                spacing=None):
         """Regenerate the pixels of `images` where `mask` is 0; keep the rest.
 
         RePaint (Lugmayr et al. 2022): run the reverse diffusion from noise,
@@ -788,109 +569,23 @@ class DiffusionModel(keras.Model):
         >>> mask = np.ones((32, 32)); mask[8:24, 8:24] = 0  # Regenerate a square.
         >>> completed = model.inpaint(images, mask, steps=20, seed=1, resample=2)
         """
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1:] != self.image_shape:
-            raise ValueError(
-                f"images must have shape (n, {', '.join(map(str, self.image_shape))}) "
-                f"for this model, got {images.shape}."
-            )
-        mask = _broadcast_mask(mask, images.shape)
-        if isinstance(resample, bool) or not isinstance(resample, (int, np.integer)) or resample < 1:
-            raise ValueError(f"resample must be an integer >= 1, got {resample!r}.")
-        n = len(images)
-        steps = self.T if steps is None else steps
-        sampling.check_steps(steps, self.T)
-        sampler = self._sampler(sampler, steps, eta, clip_x0)
-        plan = generation.make_plan(
-            sampler, self.tables, steps, spacing, None, verbose, repeats=int(resample)
+        options = sampling_api.SampleOptions(
+            steps=steps, eta=eta, seed=seed, sampler=sampler, clip_x0=clip_x0,
+            batch_size=batch_size, verbose=verbose, labels=labels,
+            guidance_scale=guidance_scale, spacing=spacing,
         )
-        conditions, guided = self._conditions(n, labels, guidance_scale)
-        process = self._reverse_process(guided)
-        completed = process.run(
-            n, sampler, plan, seed, conditions, batch_size, (images, mask, int(resample))
-        )
-        # The known pixels are the input's, bit for bit.
-        return np.where(mask > 0, images, completed)
-
-    def _guidance_scale(self, labels, guidance_scale):
-        """The guidance scale to use, None for a single conditional pass."""
-        if guidance_scale is not None:
-            guidance_scale = float(guidance_scale)
-            if not math.isfinite(guidance_scale):
-                raise ValueError(f"guidance_scale must be finite, got {guidance_scale}.")
-            if labels is None:
-                raise ValueError(
-                    "guidance_scale needs labels: give the classes to guide towards "
-                    "(labels=...)."
-                )
-        elif labels is not None:
-            guidance_scale = DEFAULT_GUIDANCE_SCALE
-        return guidance_scale
-
-    def _conditions(self, n, labels, guidance_scale):
-        """`(conditions, guided)`: per-image labels `(n,)` and the guidance scale, as arrays.
-
-        `guided` says whether a step needs two network passes (a scale other
-        than None, 0 and 1).
-        """
-        scale = self._guidance_scale(labels, guidance_scale)
-        if labels is None:
-            label_array = np.full((n,), self.num_classes or 0, np.int32)
-        else:
-            label_array = self._check_labels(labels, n)
-        if scale == 0.0:  # Unconditional: the "no class" id for all.
-            label_array = np.full((n,), self.num_classes, np.int32)
-        conditions = {
-            "labels": label_array,
-            "guidance_scale": np.float32(1.0 if scale is None else scale),
-        }
-        return conditions, scale not in (None, 0.0, 1.0)
-
-    def _check_labels(self, labels, n):
-        """`labels` as an int32 array `(n,)` of class ids, or a clear ValueError."""
-        if self.num_classes is None:
-            raise ValueError(
-                "This model is unconditional (num_classes=None): it cannot sample "
-                "given labels. Train a model with num_classes=K to use labels."
-            )
-        array = np.asarray(labels)
-        if array.ndim == 0:
-            array = np.full((n,), array)
-        if array.shape != (n,) or not (
-            np.issubdtype(array.dtype, np.integer)
-            or (np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array)))
-        ):
-            raise ValueError(
-                f"labels must be one int or {n} ints (one class id per image), "
-                f"got {labels!r}."
-            )
-        if np.any(array < 0) or np.any(array >= self.num_classes):
-            raise ValueError(
-                f"labels must be class ids in 0..{self.num_classes - 1} (this model has "
-                f"num_classes={self.num_classes}), got {sorted(set(array.tolist()))}."
-            )
-        return array.astype(np.int32)
+        return self._sampling.inpaint(images, mask, resample, options, self._sampling_jit())
 
     # ----------------------------------------------------------- serialization
     def get_config(self):
-        return {
+        config = {
             "name": self.name,
             "trainable": self.trainable,
             "network": keras.saving.serialize_keras_object(self.network),
-            "beta1": self.beta1,
-            "beta2": self.beta2,
-            "T": self.T,
-            "schedule": self.schedule,
-            "variance": self.variance,
-            "prediction": self.prediction,
-            "num_classes": self.num_classes,
-            "cond_drop_prob": self.cond_drop_prob,
-            "seed": self.seed,
-            "loss_weighting": self.loss_weighting,
-            "min_snr_gamma": self.min_snr_gamma,
-            "ema_decay": self.ema_decay,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
+        config.update({key: getattr(self, key) for key in _CONFIG_SCALARS})
+        config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -942,14 +637,55 @@ def _check_known_values(values, low, high, what, fix):
         raise ValueError(f"{what}; got values from {array.min():g} to {array.max():g}. {fix}.")
 
 
-def _check_count(name, value):
-    """Raise `ValueError` unless `value` is a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer number of images, got {value!r}.")
+def _check_images(images, image_shape):
+    """Raise a ValueError unless the images' shape is `(batch,) + image_shape`."""
+    shape = tuple(images.shape[1:])
+    if len(shape) != 3 or any(
+        got is not None and got != want for got, want in zip(shape, image_shape)
+    ):
+        raise ValueError(
+            f"The data's images have shape {shape} (height, width, channels) "
+            f"but the network expects {image_shape}. Build the network "
+            "with the data's image shape, or resize the data."
+        )
 
 
-def _check_conditioning(network, num_classes, cond_drop_prob):
-    """Check that the network's inputs match `num_classes` (None: unconditional)."""
+def _check_training_labels(labels, num_classes):
+    """A training batch's labels as int32 `(batch,)`, checked against `num_classes`."""
+    if labels is None:
+        raise ValueError(
+            f"This model is class-conditional (num_classes={num_classes}): "
+            "train it on (images, labels) batches, e.g. "
+            "load_dataset(..., with_labels=True)."
+        )
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        message = (
+            f"labels must be class ids in 0..{num_classes - 1} "
+            f"(num_classes={num_classes})"
+        )
+        checks = [
+            tf.debugging.assert_non_negative(labels, message=message),
+            tf.debugging.assert_less(labels, num_classes, message=message),
+        ]
+        with tf.control_dependencies(checks):
+            labels = tf.identity(labels)
+    return labels
+
+
+def _check_settings(network, variance, prediction, num_classes, cond_drop_prob, loss_weighting):
+    """Check `DiffusionModel`'s settings, and that the network's inputs match `num_classes`."""
+    if variance not in sampling.VARIANCES:
+        raise ValueError(f"variance must be one of {sampling.VARIANCES}, got {variance!r}.")
+    if not isinstance(network, keras.Model):
+        raise ValueError(
+            "network must be a keras.Model mapping [x_t, t] to the predicted "
+            f"noise (e.g. keras_ddpm.NaiveUnet), got {type(network).__name__}."
+        )
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}.")
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
@@ -965,20 +701,7 @@ def _check_conditioning(network, num_classes, cond_drop_prob):
         )
     if not 0.0 <= float(cond_drop_prob) < 1.0:
         raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob!r}.")
-
-
-def _broadcast_mask(mask, shape):
-    """A float32 0/1 mask of `shape` from `mask` (see `DiffusionModel.inpaint`)."""
-    mask = np.asarray(mask)
-    if mask.ndim == 2:
-        mask = mask[..., None]
-    try:
-        mask = np.broadcast_to(mask, shape)
-    except ValueError:
+    if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(
-            f"mask of shape {mask.shape} does not fit images of shape {shape}: give "
-            "(n, H, W, C), (n, H, W, 1), (H, W, C) or (H, W)."
-        ) from None
-    if not np.all((mask == 0) | (mask == 1)):
-        raise ValueError("mask must hold only 0 (generate) and 1 (keep) values.")
-    return mask.astype(np.float32)
+            f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}."
+        )

@@ -199,11 +199,54 @@ def plot_frames(frames, index=0):
     return figure
 
 
+def forward_diffusion_images(image, schedule, ts=(0, 100, 300, 1000), seed=0):
+    """One image noised by the forward process at a few timesteps, with the same noise.
+
+    `x_t = sqrtab[t] * x_0 + sqrtmab[t] * eps` computed by
+    `keras_ddpm.sampling.add_noise`, the formula training (`q_sample`) and
+    RePaint use, with one draw `eps` (NumPy's `default_rng(seed)`) for every t.
+
+    Args:
+        image: array or tensor (H, W, C), model space [-1, 1].
+        schedule: dict with keys "sqrtab" (sqrt of alpha-bar) and "sqrtmab" (sqrt of
+            1 - alpha-bar), arrays indexed by timestep t.
+        ts: sequence of int. Timesteps.
+        seed: int. Seed of the Gaussian noise.
+
+    Returns:
+        A float32 NumPy array `(len(ts), H, W, C)`.
+
+    Example:
+    >>> from keras_ddpm import ddpm_schedule
+    >>> forward_diffusion_images(np.zeros((8, 8, 3)), ddpm_schedule(T=100), ts=(0, 100)).shape
+    (2, 8, 8, 3)
+    """
+    from keras_ddpm.sampling import add_noise
+
+    clean_image = _to_numpy(image).astype(np.float32)
+    if clean_image.ndim != 3:
+        raise ValueError(f"image must have shape (H, W, C), got {clean_image.shape}.")
+    num_timesteps = len(_to_numpy(schedule["sqrtab"]))
+    for timestep in ts:
+        if not 0 <= timestep < num_timesteps:
+            raise ValueError(
+                f"Timestep {timestep} is outside the schedule (0 to {num_timesteps - 1})."
+            )
+    noise = np.random.default_rng(seed).standard_normal(clean_image.shape).astype(np.float32)
+    count = len(ts)
+    noisy = add_noise(
+        np.repeat(clean_image[None], count, axis=0), np.asarray(ts, np.int32),
+        np.repeat(noise[None], count, axis=0), schedule,
+    )
+    return _to_numpy(noisy).astype(np.float32)
+
+
 def plot_forward_diffusion(image, schedule, ts=(0, 100, 300, 1000), seed=0):
     """Plots one image noised by the forward process at a few timesteps.
 
     Shows `x_t = sqrtab[t] * x_0 + sqrtmab[t] * eps` (eq. (4) of Ho et al. 2020, in
-    its reparameterised form), with the same noise `eps` for every t.
+    its reparameterised form), with the same noise `eps` for every t: the images
+    of `forward_diffusion_images`, noised as in training.
 
     Args:
         image: array or tensor (H, W, C), model space [-1, 1].
@@ -221,22 +264,10 @@ def plot_forward_diffusion(image, schedule, ts=(0, 100, 300, 1000), seed=0):
     >>> schedule = {"sqrtab": np.sqrt(alphabar), "sqrtmab": np.sqrt(1 - alphabar)}
     >>> figure = plot_forward_diffusion(np.zeros((32, 32, 3)), schedule)
     """
-    clean_image = _to_numpy(image).astype(np.float64)
-    if clean_image.ndim != 3:
-        raise ValueError(f"image must have shape (H, W, C), got {clean_image.shape}.")
-    signal_rates = _to_numpy(schedule["sqrtab"]).astype(np.float64)
-    noise_rates = _to_numpy(schedule["sqrtmab"]).astype(np.float64)
-    for timestep in ts:
-        if not 0 <= timestep < len(signal_rates):
-            raise ValueError(
-                f"Timestep {timestep} is outside the schedule (0 to {len(signal_rates) - 1})."
-            )
-    noise = np.random.default_rng(seed).standard_normal(clean_image.shape)
-
+    noisy_images = forward_diffusion_images(image, schedule, ts, seed)
     figure = Figure(figsize=(PANEL_INCHES * len(ts), PANEL_INCHES + 0.4))
     all_axes = figure.subplots(1, len(ts), squeeze=False)[0]
-    for axes, timestep in zip(all_axes, ts):
-        noisy_image = signal_rates[timestep] * clean_image + noise_rates[timestep] * noise
+    for axes, timestep, noisy_image in zip(all_axes, ts, noisy_images):
         _show_image(axes, to_uint8(noisy_image))
         axes.set_title(f"t = {timestep}")
     figure.tight_layout()

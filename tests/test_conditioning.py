@@ -5,7 +5,7 @@ import keras
 from keras import ops
 
 from helpers import analytic_model, two_colour_data
-from keras_ddpm import DiffusionModel, NaiveUnet, ddpm_schedule
+from keras_ddpm import DiffusionModel, NaiveUnet, ddpm_schedule, targets
 
 SHAPE = (32, 32, 3)
 
@@ -139,8 +139,9 @@ def test_prediction_targets_and_their_noise_conversion(prediction):
     assert loss == pytest.approx(np.mean((target - outputs) ** 2), rel=1e-4)
 
     # A perfect prediction of the target converts back to the true noise.
-    recovered = numpy(model._noise_from_output(
-        ops.convert_to_tensor(target.astype("float32")), ops.convert_to_tensor(x_t.astype("float32")), t
+    recovered = numpy(targets.noise_from_prediction(
+        prediction, ops.convert_to_tensor(target.astype("float32")),
+        ops.convert_to_tensor(x_t.astype("float32")), t, model.tables,
     ))
     np.testing.assert_allclose(recovered, noises, atol=2e-3 if prediction == "x0" else 2e-5)
 

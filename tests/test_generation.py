@@ -4,7 +4,7 @@ import pytest
 import keras
 from keras import ops
 
-from keras_ddpm import DiffusionModel, ddpm_schedule, generation, plotting, sampling
+from keras_ddpm import DiffusionModel, ddpm_schedule, generation, plotting, sampling, sampling_api
 
 SHAPE = (8, 8, 1)
 K = 3  # Classes of the conditional analytic network; K is "no class".
@@ -172,11 +172,22 @@ def test_cli_choices_are_the_library_constants():
     assert (kwargs["sampler"], kwargs["spacing"]) == ("dpm++", "logsnr")
 
 
-@pytest.mark.parametrize("module", [sampling, generation], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [sampling, generation, sampling_api], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module):
     """The examples of the sampling modules, executed (set-up: keras, np, ddpm_schedule)."""
     import doctest
 
     globs = dict(vars(module), keras=keras, np=np, ddpm_schedule=ddpm_schedule)
     result = doctest.testmod(module, globs=globs, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 10 and result.failed == 0
+    assert result.attempted > 8 and result.failed == 0
+
+
+def test_sample_options_defaults_are_the_model_methods_defaults():
+    """SampleOptions' defaults are those of DiffusionModel.sample and inpaint, field by field."""
+    import dataclasses
+    import inspect
+
+    defaults = {field.name: field.default for field in dataclasses.fields(sampling_api.SampleOptions)}
+    for method in (DiffusionModel.sample, DiffusionModel.inpaint):
+        parameters = inspect.signature(method).parameters
+        assert {name: parameters[name].default for name in defaults} == defaults, method

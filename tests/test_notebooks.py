@@ -160,7 +160,10 @@ def test_reverse_diffusion_notebook_runs_alone(quick_kernel_env, tmp_path):
         tmp_path,
         "dict(trained_here=trained_here, T=T, frames=sorted(t for t in FRAME_TIMES if t in frames), "
         "difference=max_difference, scale=float(np.abs(compiled_images).max()), "
-        "gif=str(GIF_PATH), results=sorted(results))",
+        "gif=str(GIF_PATH), results=sorted(results), solver_steps=list(SOLVER_STEPS), "
+        "solvers=sorted(f'{label}/{steps}' for label, steps in solver_images), "
+        "solvers_finite=all(bool(np.isfinite(v).all()) for v in solver_images.values()), "
+        "solver_gaps=solver_gaps)",
     )
     assert result["trained_here"] is True
     assert (tmp_path / "outputs" / "model.keras").exists()
@@ -171,6 +174,13 @@ def test_reverse_diffusion_notebook_runs_alone(quick_kernel_env, tmp_path):
     with Image.open(tmp_path / result["gif"]) as gif:
         assert gif.n_frames > 2
     assert len(result["results"]) >= 3  # DDPM and at least two DDIM step counts
+    # The sampler comparison: DDIM, DPM-Solver++ and Heun from one seed at each step count.
+    steps = result["solver_steps"]
+    labels = ("DDIM", "DPM-Solver++ 2M", "Heun")
+    assert result["solvers"] == sorted(f"{label}/{s}" for label in labels for s in steps)
+    assert result["solvers_finite"]
+    for label in labels:
+        assert set(result["solver_gaps"][label]) == {str(s) for s in steps[:-1]}
     assert count_images(notebook) >= 5
 
 

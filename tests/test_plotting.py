@@ -167,10 +167,29 @@ def test_plot_forward_diffusion():
     first = np.asarray(figure.axes[0].images[0].get_array(), dtype=int)
     assert np.abs(first - plotting.to_uint8(image).astype(int)).max() <= 4
     noise = np.random.default_rng(0).standard_normal(image.shape)
-    expected_last = plotting.to_uint8(
-        schedule["sqrtab"][1000] * image + schedule["sqrtmab"][1000] * noise
-    )
-    np.testing.assert_array_equal(figure.axes[-1].images[0].get_array(), expected_last)
+    expected_last = schedule["sqrtab"][1000] * image + schedule["sqrtmab"][1000] * noise
+    shown_last = figure.axes[-1].images[0].get_array().astype(int)
+    assert np.abs(shown_last - plotting.to_uint8(expected_last).astype(int)).max() <= 1
+
+
+def test_forward_diffusion_plot_noises_as_training_does():
+    """The plot's noisy images are q_sample's (sampling.add_noise) for the same draws."""
+    from keras_ddpm import DiffusionModel, NaiveUnet
+
+    model = DiffusionModel(NaiveUnet((32, 32, 3), n_feat=8), T=200, schedule="cosine")
+    image = _model_space_batch(1, size=32, seed=3)[0]
+    ts = (0, 7, 50, 199, 200)
+    noise = np.random.default_rng(4).standard_normal(image.shape).astype(np.float32)
+    trained_on = keras.ops.convert_to_numpy(model.q_sample(
+        np.repeat(image[None], len(ts), axis=0).astype(np.float32),
+        keras.ops.convert_to_tensor(np.array(ts, np.int32)),
+        np.repeat(noise[None], len(ts), axis=0),
+    ))
+    plotted = plotting.forward_diffusion_images(image, model.tables, ts, seed=4)
+    np.testing.assert_array_equal(plotted, trained_on)
+    figure = plotting.plot_forward_diffusion(image, model.tables, ts, seed=4)
+    for axes, expected in zip(figure.axes, trained_on):
+        np.testing.assert_array_equal(axes.images[0].get_array(), plotting.to_uint8(expected))
 
 
 def test_plot_forward_diffusion_rejects_timestep_outside_schedule():
