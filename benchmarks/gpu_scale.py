@@ -15,8 +15,8 @@ Networks (`--networks`):
 Rows, each measured here in this run (nothing is hard-coded):
 1. Training images/s through `DiffusionModel.fit` on random in-memory images (a
    first short `fit` compiles, a second is timed), per network, precision and
-   batch; achieved FLOP/s = 3 x forward FLOPs (XLA's own count of the compiled
-   forward pass) x images/s, against the bf16 matrix-multiply ceiling measured in
+   batch; achieved FLOP/s = 3 x forward FLOPs (counted analytically from the layer
+   shapes: convolutions, dense layers, attention) x images/s, against the bf16 matrix-multiply ceiling measured in
    the same run and against the card's nominal dense bf16 peak (`--peak-tflops`).
 2. Sampling images/s at 20 steps (DPM-Solver++ 2M) and over all 1000 steps (DDPM),
    bf16, at `--sample-batch` images per compiled chunk (after a warm-up call).
@@ -33,7 +33,7 @@ sys.path.insert(0, BENCH_DIR)
 # bench_core sets TF_CPP_MIN_LOG_LEVEL and KERAS_BACKEND before Keras is imported.
 from bench_core import (  # noqa: E402
     BFLOAT16, FLOAT32, EpochTimer, busy_cpu_seconds, finish_info, header_lines, log,
-    machine_info, matmul_ceiling,
+    layer_flops, machine_info, matmul_ceiling, recorded_shapes,
 )
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
@@ -79,16 +79,29 @@ def parse_args(argv=None):
     return args
 
 
-def forward_flops(network, batch=8):
-    """FLOPs per image of one forward pass, as XLA counts the compiled program (JAX)."""
-    import jax
+def attention_flops(layer, in_shape):
+    """FLOPs of one `MultiHeadAttention` self-attention call per image: projections,
+    scores and the weighted sum (softmax not counted)."""
+    config = layer.get_config()
+    length, channels = int(np.prod(in_shape[1:-1])), in_shape[-1]
+    inner = config["num_heads"] * config["key_dim"]
+    return 2 * length * channels * inner * 4 + 2 * 2 * length * length * inner
 
-    x = np.zeros((batch,) + SHAPE, "float32")
-    t = np.full((batch, 1), 0.5, "float32")
-    lowered = jax.jit(lambda x, t: network([x, t], training=False)).lower(x, t)
-    cost = lowered.compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"]) / batch
+
+def forward_flops(network):
+    """Analytic forward FLOPs per image: convolutions and dense layers as bench_core
+    counts them, plus self-attention. (XLA's cost analysis misses the convolutions
+    that run as cuDNN calls on a GPU, so it is not used.)"""
+    classes = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.Dense,
+               keras.layers.MultiHeadAttention)
+    x = keras.ops.zeros((1,) + SHAPE)
+    t = keras.ops.full((1, 1), 0.5)
+    with recorded_shapes(classes) as records:
+        network([x, t], training=False)
+    return sum(attention_flops(layer, in_shape)
+               if isinstance(layer, keras.layers.MultiHeadAttention)
+               else layer_flops(layer, in_shape, out_shape)
+               for layer, in_shape, out_shape in records)
 
 
 def build(name, precision):

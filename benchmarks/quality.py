@@ -130,7 +130,7 @@ def parse_args(argv=None):
     args.train_args = QUICK["train_args"] if args.quick else []
     if args.quick:
         args.n = QUICK["n"]
-        args.rows = args.rows or QUICK["rows"]
+        args.rows = args.rows or ([] if args.model or args.samples else QUICK["rows"])
         args.samplers = args.samplers or QUICK["samplers"]
     scoring_only = args.model or args.samples
     args.rows = args.rows if args.rows is not None else ([] if scoring_only else list(ROWS))

@@ -87,6 +87,7 @@ def row_arguments(text):
 def trained_model(args, images, steps=None):
     """The row's model, compiled with its optimizer and fitted (`steps` steps, or --epochs)."""
     keras.utils.set_random_seed(args.seed)
+    images = images[: args.num_examples]  # --num-examples: the first N, as load_dataset
     model = recipe.new_model(args, IMAGE_SHAPE, None)
     steps_per_epoch = len(images) // args.batch_size
     model.compile(optimizer=recipe.make_optimizer(args, steps_per_epoch))

@@ -45,3 +45,24 @@ def test_core_benchmark_runs_on_the_jax_backend():
 @pytest.mark.slow
 def test_data_benchmark_quick_mode_prints_its_table():
     assert "Ratio cached / training" in run_script("bench_data.py", ["--quick"])
+
+
+@pytest.mark.slow
+def test_recipe_sweep_trains_the_cli_recipe_and_writes_its_samples(tmp_path):
+    from keras_ddpm import data
+
+    images = data.make_shapes(64, seed=data.SHAPE_SPLIT_SEEDS["train"])[0]
+    np_path = tmp_path / "shapes.npz"
+    import numpy as np
+
+    np.savez(np_path, images=images)
+    row = "tiny=--network naive --n-feat 8 --epochs 1 --num-examples 64 --T 20"
+    out = run_script("recipe_sweep.py", [
+        "--data", str(np_path), "--out-dir", str(tmp_path), "--row", row,
+        "--samplers", "ddim:3", "ddpm", "--n", "4", "--save-models", "tiny",
+    ])
+    assert "| tiny | --network naive" in out
+    with np.load(tmp_path / "tiny.npz") as samples:
+        assert sorted(samples.files) == ["ddim-3", "ddpm-20"]
+        assert samples["ddpm-20"].shape == (4, 32, 32, 3) and samples["ddpm-20"].dtype == np.uint8
+    assert (tmp_path / "tiny.keras").is_file()

@@ -105,3 +105,21 @@ def test_quick_mode_runs_end_to_end_and_prints_its_table_last(quick_cache, tmp_p
     assert "ddpm-50" in out and "ddim-10" in out
     assert (tmp_path / "naive_ddim-10.png").is_file()
     assert (tmp_path / "results.json").is_file()
+
+
+def test_samples_option_scores_every_image_array_of_an_npz(quick_cache, tmp_path, capsys):
+    n = 60
+    real = data.make_shapes(n, seed=11)[0]  # uint8, as recipe_sweep.py writes them
+    noise = np.random.default_rng(0).uniform(-1, 1, real.shape).astype(np.float32)
+    path = tmp_path / "made.npz"
+    np.savez(path, **{"ddim-50": real, "noise": noise, "labels": np.zeros(n)})
+    quality.main(["--quick", "--samples", str(path), "--n", str(n), "--cache-dir",
+                  str(quick_cache), "--out-dir", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    table = out[out.index(COLUMNS):].splitlines()
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in table[2:]}
+    assert set(rows) == {"-", "ddim-50", "noise"}  # real data, then the two image arrays
+    # The quick judge (tiny, 3 epochs) accepts about half of real images, rejects noise.
+    assert float(rows["ddim-50"][3]) > 0.25 > 0.05 > float(rows["noise"][3])
+    assert float(rows["ddim-50"][6]) < 3 < 20 < float(rows["noise"][6])  # Fréchet / floor
+    assert (tmp_path / "out" / "made_noise.png").is_file()
