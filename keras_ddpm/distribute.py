@@ -139,6 +139,23 @@ def num_replicas(strategy):
     return int(strategy.num_replicas_in_sync)
 
 
+def check_global_batch(batch_size, strategy, option="batch_size"):
+    """Raise a `ValueError` unless `batch_size` splits evenly over `strategy`'s devices.
+
+    Each device takes `batch_size / num_replicas(strategy)` images of every batch
+    (Keras' `DataParallel` on JAX cannot split a batch unevenly).
+
+    Example:
+    >>> check_global_batch(32, make_strategy("default"))
+    """
+    devices = num_replicas(strategy)
+    if batch_size % devices:
+        raise ValueError(
+            f"{option} {batch_size} does not split evenly over {devices} devices: "
+            f"use a multiple of {devices}"
+        )
+
+
 def _task():
     """`(type, index)` of this process in `TF_CONFIG`, or a clear ValueError."""
     try:

@@ -202,3 +202,15 @@ def test_chief_and_worker_names_follow_tf_config(monkeypatch, tf_config, chief, 
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
     assert distribute.is_chief() is chief
     assert distribute.worker_id() == name
+
+
+def test_a_global_batch_must_split_evenly_over_the_devices():
+    import types
+
+    # What num_replicas reads of a tf.distribute strategy (two devices need a process of
+    # their own, see above).
+    two_devices = types.SimpleNamespace(num_replicas_in_sync=2)
+    distribute.check_global_batch(8, two_devices)
+    with pytest.raises(ValueError, match="--batch-size 7 does not split evenly over 2 devices: "
+                       "use a multiple of 2"):
+        distribute.check_global_batch(7, two_devices, option="--batch-size")

@@ -342,6 +342,7 @@ def _train(args, out_dir, checkpoint_dir):
     num_classes = len(data.dataset_class_names(args.dataset)) if args.conditional else None
     # Before any other TensorFlow operation (a multi-worker strategy must come first).
     strategy = distribute.make_strategy(args.strategy)
+    distribute.check_global_batch(args.batch_size, strategy, option="--batch-size")
     chief = distribute.is_chief()
     keras.utils.set_random_seed(args.seed)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
