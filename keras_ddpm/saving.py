@@ -230,13 +230,51 @@ def load_model(path):
         ) from error
 
 
+# A keras_ddpm model's config.json is tens of kB and about 15 levels deep; these
+# bounds refuse crafted files (huge or deeply nested) before they exhaust memory or
+# the recursion limit of Keras' deserialisation.
+MAX_CONFIG_BYTES = 16 * 2**20
+MAX_CONFIG_DEPTH = 100
+
+
 def _read_config(path):
     """The model's `config.json` from a `.keras` archive, or a clear ValueError."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, EOFError, OSError, ValueError) as error:
+            size = archive.getinfo("config.json").file_size
+            if size > MAX_CONFIG_BYTES:
+                raise ValueError(
+                    f"Refusing to load {str(path)!r}: its config.json is {size:,} bytes, over "
+                    f"the {MAX_CONFIG_BYTES:,} a model description needs; the file was not "
+                    "written by Keras' model.save."
+                )
+            text = archive.read("config.json")
+    except (zipfile.BadZipFile, KeyError, EOFError, OSError) as error:
         raise ValueError(_corrupt_message(path, error)) from error
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(_corrupt_message(path, error)) from error
+    depth = _nesting_depth(config)
+    if depth > MAX_CONFIG_DEPTH:
+        raise ValueError(
+            f"Refusing to load {str(path)!r}: its config.json is nested {depth} levels "
+            f"deep, over the {MAX_CONFIG_DEPTH} a model description needs; the file was "
+            "not written by Keras' model.save."
+        )
+    return config
+
+
+def _nesting_depth(config):
+    """Depth of nested lists and dicts in `config`, without recursion."""
+    deepest, stack = 0, [(config, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _corrupt_message(path, error):

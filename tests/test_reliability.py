@@ -467,6 +467,36 @@ def test_load_model_unknown_class_says_what_to_do(tmp_path, saved_model_bytes):
     assert "import that package first" in str(error.value)
 
 
+def _with_config(path, data, config_bytes):
+    """A copy of the saved model `data` at `path` whose config.json is `config_bytes`."""
+    path.write_bytes(data)
+    with zipfile.ZipFile(path) as archive:
+        contents = {name: archive.read(name) for name in archive.namelist()}
+    contents["config.json"] = config_bytes
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, member in contents.items():
+            archive.writestr(name, member)
+    return path
+
+
+@pytest.mark.parametrize(
+    "config_bytes, words",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "corrupt or truncated"),  # json's RecursionError
+        (b'{"a": ' * 150 + b"1" + b"}" * 150, "nested 150 levels deep"),
+        (b'{"pad": "' + b"x" * (17 * 2**20) + b'"}', "over the 16,777,216"),
+    ],
+    ids=["json-recursion", "too-deep", "too-large"],
+)
+def test_crafted_config_json_is_refused_in_one_line(tmp_path, saved_model_bytes, config_bytes,
+                                                    words):
+    path = _with_config(tmp_path / "crafted.keras", saved_model_bytes, config_bytes)
+    with pytest.raises(ValueError) as error:
+        saving.load_model(path)
+    assert words in str(error.value) and repr(str(path)) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 
