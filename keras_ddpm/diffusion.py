@@ -320,13 +320,19 @@ class DiffusionModel(keras.Model):
         if type(x).__module__.startswith("tensorflow") and len(args) < 7:
             kwargs.setdefault("shuffle", False)
         _warn_if_not_model_range(_first_images(x))
-        if self.weight_average is None:
+        if self.weight_average is not None:
+            # Train the training weights; end with the averages in the network.
+            self.weight_average.swap_out(self.network.trainable_variables)
+        try:
             return super().fit(x, *args, **kwargs)
-        # Train the training weights; end with the averages in the network.
-        self.weight_average.swap_out(self.network.trainable_variables)
-        history = super().fit(x, *args, **kwargs)
-        self.weight_average.swap_in(self.network.trainable_variables)
-        return history
+        except BaseException:
+            # A step that failed while being traced may have created variables (the
+            # optimizer's): trace afresh next time, so that the model can fit again.
+            self.train_function = None
+            raise
+        finally:
+            if self.weight_average is not None:
+                self.weight_average.swap_in(self.network.trainable_variables)
 
     def train_step(self, *args):
         """One optimisation step; called by `fit`.

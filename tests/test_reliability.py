@@ -547,3 +547,21 @@ def test_sample_in_chunks_never_runs_more_than_batch_size_images(monkeypatch):
     assert seen == [2, 2]  # One compiled segment per chunk of 2 images.
     # The first chunk does not depend on how many images follow it.
     np.testing.assert_array_equal(model.sample(2, steps=3, seed=4, batch_size=2), images[:2])
+
+
+def test_a_model_fits_again_after_a_failed_fit():
+    # With a weight average, the harder case: its swap must be undone too.
+    model = DiffusionModel(NaiveUnet((32, 32, 3), n_feat=8), T=20, seed=0, ema_decay=0.9)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    before = [ops.convert_to_numpy(v) for v in model.network.trainable_variables]
+    wrong = np.zeros((8, 16, 16, 3), "float32")
+    with pytest.raises(ValueError, match="network expects"):
+        model.fit(wrong, batch_size=8, epochs=1, verbose=0)
+    # The failed call changed no weight (and left no average in the network's place) ...
+    for value, variable in zip(before, model.network.trainable_variables):
+        np.testing.assert_array_equal(value, ops.convert_to_numpy(variable))
+    # ... and the next fit traces afresh instead of failing on the optimizer's variables.
+    images = np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype("float32")
+    history = model.fit(images, batch_size=8, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert int(model.optimizer.iterations) == 4
