@@ -4,6 +4,7 @@ import argparse
 import contextlib
 import io
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -364,18 +365,23 @@ def test_sample_bare_network_file(tmp_path, capsys):
     "extra_args, words",
     [
         (["--steps", "0"], ["--steps", "positive integer"]),
-        (["--steps", "50"], ["steps", "1..20"]),
+        (["--steps", "50"], ["--steps must be in", "1..20", "got --steps 50"]),
         (["--frames", "1000,x"], ["--frames", "timesteps"]),
-        (["--frames", "50,0", "--steps", "5"], ["frames", "0..20"]),
+        (["--frames", "50,0", "--steps", "5"], ["--frames must be", "0..20"]),
         (["--out", "grid.jpg"], ["--out", ".png"]),
+        (["--guidance-scale", "2"], ["--guidance-scale needs", "--labels"]),
+        (["--sampler", "dpm++", "--eta", "0.5"], ["--eta applies to the DDIM sampler only"]),
     ],
-    ids=["steps-zero", "steps-above-T", "bad-frames", "frames-above-T", "out-not-png"],
+    ids=["steps-zero", "steps-above-T", "bad-frames", "frames-above-T", "out-not-png",
+         "guidance-without-labels", "eta-deterministic"],
 )
 def test_sample_bad_options(trained_run, extra_args, words, capsys):
     argv = ["sample", str(trained_run[0] / "model.keras"), "--n", "1"] + extra_args
     line = _run_error(argv, capsys)
     for word in words:
         assert word in line
+    # The errors name the command's options, never the Python parameters behind them.
+    assert not re.search(r"\b(guidance_scale|clip_x0|batch_size|[a-z]+=)", line)
 
 
 @pytest.mark.parametrize(

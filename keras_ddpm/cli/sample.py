@@ -3,7 +3,9 @@
 import pathlib
 
 from keras_ddpm.cli import common
-from keras_ddpm.cli.sampling_options import add_sampling_arguments, sampling_kwargs, sampling_labels
+from keras_ddpm.cli.sampling_options import (
+    add_sampling_arguments, in_option_names, sampling_kwargs, sampling_labels,
+)
 
 
 def add_parser(subparsers):
@@ -100,12 +102,15 @@ def run(args):
 
     from keras_ddpm import plotting
 
-    result = model.sample(
-        args.n,
-        frames=args.frames,
-        labels=sampling_labels(model, args.labels, args.n),
-        **sampling_kwargs(args),
-    )
+    try:
+        result = model.sample(
+            args.n,
+            frames=args.frames,
+            labels=sampling_labels(model, args.labels, args.n),
+            **sampling_kwargs(args),
+        )
+    except (ValueError, TypeError) as error:  # Named as options, not Python parameters.
+        raise common.CommandError(in_option_names(common.one_line(error))) from error
     images, frames = result if args.frames is not None else (result, None)
     plotting.save_image_grid(images, paths["samples"])
     if frames is not None:

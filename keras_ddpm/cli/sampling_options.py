@@ -130,6 +130,39 @@ def sampling_kwargs(args):
     }
 
 
+# `DiffusionModel.sample` parameters that a CLI option sets, for its error messages.
+_OPTION_OF_PARAMETER = {
+    name: "--" + name.replace("_", "-")
+    for name in ("steps", "eta", "seed", "clip_x0", "batch_size", "guidance_scale", "sampler",
+                 "spacing", "labels", "frames")
+}
+
+
+def in_option_names(message):
+    """`message` of a `DiffusionModel.sample` error, naming the CLI options instead.
+
+    A parameter is renamed where it is a Python name: written `name=`, containing
+    an underscore, or opening the message.
+
+    Example:
+    >>> in_option_names("steps must be in 1..T = 1..1000, got steps=5000.")
+    '--steps must be in 1..T = 1..1000, got --steps 5000.'
+    >>> in_option_names("guidance_scale needs labels: give them (labels=...).")
+    '--guidance-scale needs labels: give them (--labels ...).'
+    """
+    import re
+
+    names = "|".join(_OPTION_OF_PARAMETER)
+
+    def option(match):
+        return _OPTION_OF_PARAMETER[match.group(1)] + (" " if match.group(2) else "")
+
+    message = re.sub(rf"\b({names})(=)", option, message)
+    message = re.sub(rf"(?<![-\w])({names})()(?=\s)", lambda m: option(m)
+                     if "_" in m.group(1) or m.start() == 0 else m.group(0), message)
+    return message
+
+
 def sampling_labels(model, labels, n):
     """The --labels of a command, repeated to `n`, checked against the model.
 
