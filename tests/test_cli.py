@@ -568,13 +568,13 @@ def test_ctrl_c_is_one_line_that_says_what_was_kept(tmp_path, capsys):
     def interrupt_after_first_grid():
         # However long the first epoch takes (no deadline: a SIGINT sent before training
         # starts is not the case under test); a run that is never interrupted ends after
-        # its 100 epochs and fails the test.
+        # its 20 epochs and fails the test.
         while not list(out_dir.glob("grids/*.png")):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_after_first_grid, daemon=True).start()
-    argv = TINY_TRAIN_ARGS + ["--epochs", "100", "--grid-steps", "2",
+    argv = TINY_TRAIN_ARGS + ["--epochs", "20", "--grid-steps", "2",
                               "--out", str(out_dir), "--checkpoint-dir", str(checkpoint_dir)]
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
