@@ -1,4 +1,6 @@
 """One helper that does the heavy lifting for layer tests (keras-hub style)."""
+import contextlib
+
 import numpy as np
 import keras
 
@@ -145,3 +147,21 @@ def analytic_model(means, stds, image_shape, T=50, **model_kwargs):
         inputs.append(keras.Input((1,), dtype="int32"))
     eps = GaussianMixtureDenoiser(tables["alphabar_t"], means, stds)(inputs)
     return DiffusionModel(keras.Model(inputs, eps), T=T, **model_kwargs)
+
+
+@contextlib.contextmanager
+def eager_functions():
+    """Runs `tf.function`s eagerly inside the block (TensorFlow's public switch).
+
+    For tests of what a command does with a few training steps: tracing the train
+    step and the sampling loops would cost more than running them. The traced path
+    is tested where it matters (the SIGKILL resume, the notebooks, the XLA sampler).
+    """
+    import tensorflow as tf
+
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(before)

@@ -23,6 +23,8 @@ from keras_ddpm import DiffusionModel, NaiveUnet, cli, saving
 from keras_ddpm.callbacks import BackupAndRestore, StopOnDivergence, TrainingDivergedError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import kills  # noqa: E402
 SHAPE = (32, 32, 3)
 
 
@@ -45,9 +47,9 @@ def as_numpy(variables):
 
 RESUME_EPOCHS = 6
 RESUME_ARGS = [
-    "train", "--dataset", "shapes", "--num-examples", "64", "--batch-size", "32",
+    "train", "--dataset", "shapes", "--num-examples", "8", "--batch-size", "4",
     "--epochs", str(RESUME_EPOCHS), "--n-feat", "8", "--T", "10", "--n-samples", "1",
-    "--sample-steps", "2", "--network", "naive",
+    "--sample-steps", "2", "--grid-steps", "2", "--network", "naive", "--precision", "float32",
 ]
 
 
@@ -111,81 +113,54 @@ def test_a_killed_and_resumed_run_has_the_losses_of_an_uninterrupted_one(resumed
     assert json.loads((folder / "out" / "history.json").read_text()) == uninterrupted
 
 
-class Killed(BaseException):
-    """A kill as the code sees it: no `except Exception` handler stops it."""
+# --- kills at the commit points (fault injection; benchmarks/kills.py kills at all 12) -----
 
-
-# Two epochs of one step each: 2 checkpoint saves of 2 renames, then model and history.
-KILL_ARGS = [
-    "train", "--dataset", "shapes", "--num-examples", "32", "--batch-size", "32",
-    "--epochs", "2", "--n-feat", "8", "--T", "10", "--n-samples", "1", "--sample-steps", "1",
-    "--grid-every", "1000", "--network", "naive",
+# A chain of runs of `kills.ARGS` (2 epochs of one step), each killed at the next distinct
+# state of the files and resumed by the next run: (file renamed, kill after the rename?,
+# epochs the committed checkpoint holds then). "After renaming one file" and "before
+# renaming the next" leave the same files, so these 7 kills cover every state.
+TEAR_POINTS = [
+    ("weights-000001", False, 0),  # Only a temporary weights file.
+    ("weights-000001", True, 0),  # Epoch 1's weights, not yet named by the metadata.
+    ("training_metadata.json", True, 1),  # Epoch 1 committed.
+    ("weights-000002", True, 1),  # Epoch 2's weights beside epoch 1's commit.
+    ("training_metadata.json", True, 2),  # Epoch 2 committed, epoch 1's weights still there.
+    ("model.keras", True, 2),  # The model written, not the history.
+    ("history.json", True, 2),  # Everything written but the sample grid.
 ]
 
 
-def _history(folder):
-    return json.loads((folder / "out" / "history.json").read_text())
-
-
-def _train_until_killed(argv, kill_point, monkeypatch):
-    """Runs `keras-ddpm train` in-process, killed at `kill_point(replace)` of os.replace.
-
-    `kill_point` wraps the real `os.replace` and raises `Killed` where the kill falls.
-    """
-    real_replace = os.replace
-    monkeypatch.setattr(os, "replace", kill_point(real_replace))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), pytest.raises(Killed):
-            cli.main(argv)
-    finally:
-        monkeypatch.setattr(os, "replace", real_replace)
-
-
-def _nth_rename(n, after):
-    """A kill point: just before (or just after) the n-th rename of the run."""
-
-    def kill_point(real_replace):
-        count = [0]
-
-        def replace(source, target, *args, **kwargs):
-            count[0] += 1
-            if count[0] == n and not after:
-                raise Killed(f"before rename {n}: {target}")
-            real_replace(source, target, *args, **kwargs)
-            if count[0] == n and after:
-                raise Killed(f"after rename {n}: {target}")
-
-        return replace
-
-    return kill_point
+@pytest.fixture(scope="module")
+def uninterrupted_kill_run(tmp_path_factory):
+    """One run of `kills.ARGS` never killed (tf.functions eager, as in the chain)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with kills.eager_functions():
+        kills.train(folder)
+    return folder
 
 
 @pytest.mark.slow
-def test_kills_at_every_rename_resume_to_the_uninterrupted_history(tmp_path, monkeypatch):
-    """Fault injection: a run killed just before or just after each of its renames (the
-    checkpoint's weights and metadata, the model, the history), then run again, ends with
-    the history of a run never killed, and every checkpoint it left was whole."""
-    def argv(folder):
-        return KILL_ARGS + ["--checkpoint-dir", str(folder / "ck"), "--out", str(folder / "out")]
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert cli.main(argv(tmp_path / "reference")) == 0
-    expected = _history(tmp_path / "reference")
-    renames = 2 * 2 + 2
-    kills = 0
-    for n in range(1, renames + 1):
-        for after in (False, True):
-            folder = tmp_path / f"kill-{n}-{after}"
-            _train_until_killed(argv(folder), _nth_rename(n, after), monkeypatch)
-            kills += 1
-            backup = BackupAndRestore(folder / "ck")
+def test_a_run_killed_at_every_commit_point_resumes_to_the_uninterrupted_run(
+    uninterrupted_kill_run, tmp_path
+):
+    """Fault injection: killed just before or after each rename (checkpoint weights and
+    metadata, model, history) and run again each time, the run leaves a whole checkpoint
+    at every kill and ends with the history and weights of a run never killed."""
+    reference = saving.load_model(uninterrupted_kill_run / "out" / "model.keras")
+    with kills.eager_functions():
+        for name, after, epochs in TEAR_POINTS:
+            killed = kills.train_until_killed(tmp_path, kills.first_rename_of(name), after)
+            assert killed.startswith("after" if after else "before") and name in killed
+            backup = BackupAndRestore(tmp_path / "ck")
+            assert backup.completed_epochs == epochs, killed
             if backup.weights_path is not None:  # A committed checkpoint is whole.
-                saving.load_model(tmp_path / "reference" / "out" / "model.keras").load_weights(
-                    backup.weights_path)
-            with contextlib.redirect_stdout(io.StringIO()):
-                assert cli.main(argv(folder)) == 0
-            assert _history(folder) == expected, (n, after)
-    assert kills == 12
+                reference.load_weights(backup.weights_path)
+        kills.train(tmp_path)  # The last run is not killed.
+    assert kills.history(tmp_path) == kills.history(uninterrupted_kill_run)
+    resumed = saving.load_model(tmp_path / "out" / "model.keras")
+    expected = saving.load_model(uninterrupted_kill_run / "out" / "model.keras")
+    for got, want in zip(as_numpy(resumed.weights), as_numpy(expected.weights)):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.slow
@@ -200,11 +175,12 @@ def test_cli_divergence_names_epoch_and_step_and_keeps_the_last_good_files(
     before = [path.read_bytes() for path in files]
     argv = RESUME_ARGS + ["--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
     argv[argv.index("--epochs") + 1] = str(RESUME_EPOCHS + 1)
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv + ["--lr", "1e30"])  # Resumes after epoch 6, then blows up.
+    with pytest.raises(SystemExit) as exit_info, kills.eager_functions():
+        cli.main(argv + ["--lr", "1e30"])  # Resumes after the last epoch, then blows up.
     assert exit_info.value.code == 2
     line = capsys.readouterr().err.strip()
-    assert line.startswith("keras-ddpm: error: training diverged: the loss is nan at epoch 7, step ")
+    assert line.startswith("keras-ddpm: error: training diverged: the loss is nan at epoch "
+                           f"{RESUME_EPOCHS + 1}, step ")
     assert "lower --lr" in line and "is intact" in line
     assert [path.read_bytes() for path in files] == before
 
@@ -213,7 +189,7 @@ def test_cli_checkpoint_holds_the_raw_weights_when_training_with_ema(tmp_path):
     """The backup is written before `fit` ends by swapping the averages into the network."""
     argv = RESUME_ARGS + ["--epochs", "1", "--ema", "0.5", "--grid-every", "5",
                           "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), kills.eager_functions():
         assert cli.main(argv) == 0
     final = saving.load_model(tmp_path / "out" / "model.keras")  # Averages in the network.
     checkpoint = saving.load_model(tmp_path / "out" / "model.keras")
