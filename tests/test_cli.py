@@ -579,11 +579,17 @@ def test_ctrl_c_is_one_line_that_says_what_was_kept(tmp_path, capsys):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
+    # What a terminal's Ctrl-C does to a Python program, whatever handler the test runner
+    # (an xdist worker) installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_after_first_grid, daemon=True).start()
     argv = TINY_TRAIN_ARGS + ["--epochs", "20", "--grid-steps", "2",
                               "--out", str(out_dir), "--checkpoint-dir", str(checkpoint_dir)]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert exit_info.value.code == 130
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
