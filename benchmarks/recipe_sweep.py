@@ -107,11 +107,9 @@ def time_row(name, args, images, steps):
     x = images[: steps * args.batch_size].astype("float32") / 127.5 - 1.0
     start = time.perf_counter()
     model.fit(x, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
-    seconds = time.perf_counter() - start
+    images_per_s = steps * args.batch_size / (time.perf_counter() - start)
     return {"row": name, "params": model.network.count_params(),
-            "images_per_s": steps * args.batch_size / seconds,
-            "epoch_s": len(images) // args.batch_size * args.batch_size * seconds
-            / (steps * args.batch_size)}
+            "images_per_s": images_per_s, "epoch_s": len(images) / images_per_s}
 
 
 def sample_row(model, options):

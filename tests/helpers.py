@@ -1,5 +1,6 @@
 """One helper that does the heavy lifting for layer tests (keras-hub style)."""
-import contextlib
+import pathlib
+import sys
 
 import numpy as np
 import keras
@@ -149,19 +150,9 @@ def analytic_model(means, stds, image_shape, T=50, **model_kwargs):
     return DiffusionModel(keras.Model(inputs, eps), T=T, **model_kwargs)
 
 
-@contextlib.contextmanager
-def eager_functions():
-    """Runs `tf.function`s eagerly inside the block (TensorFlow's public switch).
-
-    For tests of what a command does with a few training steps: tracing the train
-    step and the sampling loops would cost more than running them. The traced path
-    is tested where it matters (the SIGKILL resume, the notebooks, the XLA sampler).
-    """
-    import tensorflow as tf
-
-    before = tf.config.functions_run_eagerly()
-    tf.config.run_functions_eagerly(True)
-    try:
-        yield
-    finally:
-        tf.config.run_functions_eagerly(before)
+# `eager_functions()`: tf.functions run eagerly inside the block, for tests of what a
+# command does with a few training steps (tracing the train step and the sampling loops
+# would cost more than running them; the traced path is tested where it matters: the
+# SIGKILL resume, the notebooks, the XLA sampler). One copy, the kill benchmark's.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+from kills import eager_functions  # noqa: E402,F401

@@ -25,6 +25,8 @@ from keras_ddpm.callbacks import BackupAndRestore, StopOnDivergence, TrainingDiv
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import kills  # noqa: E402
+from helpers import eager_functions  # noqa: E402
+
 SHAPE = (32, 32, 3)
 
 
@@ -134,7 +136,7 @@ TEAR_POINTS = [
 def uninterrupted_kill_run(tmp_path_factory):
     """One run of `kills.ARGS` never killed (tf.functions eager, as in the chain)."""
     folder = tmp_path_factory.mktemp("uninterrupted")
-    with kills.eager_functions():
+    with eager_functions():
         kills.train(folder)
     return folder
 
@@ -147,7 +149,7 @@ def test_a_run_killed_at_every_commit_point_resumes_to_the_uninterrupted_run(
     metadata, model, history) and run again each time, the run leaves a whole checkpoint
     at every kill and ends with the history and weights of a run never killed."""
     reference = saving.load_model(uninterrupted_kill_run / "out" / "model.keras")
-    with kills.eager_functions():
+    with eager_functions():
         for name, after, epochs in TEAR_POINTS:
             killed = kills.train_until_killed(tmp_path, kills.first_rename_of(name), after)
             assert killed.startswith("after" if after else "before") and name in killed
@@ -175,7 +177,7 @@ def test_cli_divergence_names_epoch_and_step_and_keeps_the_last_good_files(
     before = [path.read_bytes() for path in files]
     argv = RESUME_ARGS + ["--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
     argv[argv.index("--epochs") + 1] = str(RESUME_EPOCHS + 1)
-    with pytest.raises(SystemExit) as exit_info, kills.eager_functions():
+    with pytest.raises(SystemExit) as exit_info, eager_functions():
         cli.main(argv + ["--lr", "1e30"])  # Resumes after the last epoch, then blows up.
     assert exit_info.value.code == 2
     line = capsys.readouterr().err.strip()
@@ -189,7 +191,7 @@ def test_cli_checkpoint_holds_the_raw_weights_when_training_with_ema(tmp_path):
     """The backup is written before `fit` ends by swapping the averages into the network."""
     argv = RESUME_ARGS + ["--epochs", "1", "--ema", "0.5", "--grid-every", "5",
                           "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
-    with contextlib.redirect_stdout(io.StringIO()), kills.eager_functions():
+    with contextlib.redirect_stdout(io.StringIO()), eager_functions():
         assert cli.main(argv) == 0
     final = saving.load_model(tmp_path / "out" / "model.keras")  # Averages in the network.
     checkpoint = saving.load_model(tmp_path / "out" / "model.keras")

@@ -346,7 +346,7 @@ def _train(args, out_dir, checkpoint_dir):
     chief = distribute.is_chief()
     keras.utils.set_random_seed(args.seed)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = _build_model(args, keras, image_shape, num_classes)
+        model = _build_model(args, image_shape, num_classes)
     backup = _backup(args, chief)
     dataset = data.load_dataset(
         args.dataset,
@@ -424,7 +424,7 @@ def _save_or_rescue(model, path):
         ) from error
 
 
-def _build_model(args, keras, image_shape, num_classes):
+def _build_model(args, image_shape, num_classes):
     """The `DiffusionModel` to train: loaded from --init, or built from the options."""
     if args.init is not None:
         model = common.load_diffusion_model(args.init)
