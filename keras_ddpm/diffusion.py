@@ -16,7 +16,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_ddpm import distribute, jax_steps, sampling, sampling_api, targets
+from keras_ddpm import jax_steps, sampling, sampling_api, targets, tf_steps
 from keras_ddpm.ema import WeightAverage
 from keras_ddpm.schedule import ddpm_schedule, min_snr_weights
 
@@ -107,14 +107,10 @@ class DiffusionModel(keras.Model):
             kwargs.setdefault("dtype", network.dtype_policy)
         super().__init__(**kwargs)
         tables = ddpm_schedule(beta1, beta2, T, kind=schedule)  # Validates the scalars.
-        _check_settings(network, variance, prediction, num_classes, cond_drop_prob, loss_weighting)
+        _check_settings(network, variance, prediction, num_classes, cond_drop_prob, loss_weighting,
+                        seed)
         # Validates gamma for every model, so a bad value fails where it is given.
         self._loss_weights = min_snr_weights(tables["alphabar_t"], min_snr_gamma, prediction)
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-            or not 0 <= seed <= MAX_SEED
-        ):
-            raise ValueError(f"seed must be None or an integer in 0..{MAX_SEED}, got {seed!r}.")
         self.network = network
         self.beta1 = float(beta1)
         self.beta2 = float(beta2)
@@ -263,11 +259,7 @@ class DiffusionModel(keras.Model):
         if self.cond_drop_prob == 0:
             return labels
         if keras.backend.backend() == "tensorflow":  # Each replica drops its own labels.
-            import tensorflow as tf
-
-            seed = distribute.step_seed(self._step_seed, step, self.seed_generator)
-            seed = tf.random.experimental.stateless_fold_in(seed, 7)
-            draws = tf.random.stateless_uniform(tf.shape(labels), seed)
+            draws = tf_steps.label_draws(self, ops.shape(labels), step)
         else:
             draws = keras.random.uniform(ops.shape(labels), seed=self.seed_generator)
         return ops.where(draws < self.cond_drop_prob, self.num_classes, labels)
@@ -278,33 +270,22 @@ class DiffusionModel(keras.Model):
         `diffusion_loss` calls this for every batch: a subclass may override it
         to train on draws of its own.
 
-        On TensorFlow the draws are stateless: a seed (the same on every
-        replica) is folded with the replica's id in its `tf.distribute`
-        strategy, so each replica draws its own t and eps. In training (`step`,
-        the optimizer's step count, given) that seed is the model's seed folded
-        with `step`, so the draws of step k are the same whether or not the run
-        was resumed from a checkpoint; otherwise the seed generator's next seed.
+        On TensorFlow the draws are stateless (`keras_ddpm.tf_steps.training_draws`):
+        each replica draws its own, and in training (`step`, the optimizer's
+        step count, given) the draws of step k are the same whether or not the
+        run was resumed from a checkpoint.
 
         Example:
         >>> t, noises = model.training_draws((4, 32, 32, 3))
         >>> tuple(t.shape), tuple(noises.shape)
         ((4,), (4, 32, 32, 3))
         """
-        if keras.backend.backend() != "tensorflow":
-            t = keras.random.randint(
-                image_shape[:1], 1, self.T + 1, dtype="int32", seed=self.seed_generator
-            )
-            noises = keras.random.normal(image_shape, seed=self.seed_generator)
-            return t, noises
-        import tensorflow as tf
-
-        seed = distribute.step_seed(self._step_seed, step, self.seed_generator)
-        t_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        t = tf.random.stateless_uniform(
-            image_shape[:1], t_seed, minval=1, maxval=self.T + 1, dtype="int32"
+        if keras.backend.backend() == "tensorflow":
+            return tf_steps.training_draws(self, image_shape, step)
+        t = keras.random.randint(
+            image_shape[:1], 1, self.T + 1, dtype="int32", seed=self.seed_generator
         )
-        noises = tf.random.stateless_normal(image_shape, noise_seed)
-        return t, noises
+        return t, keras.random.normal(image_shape, seed=self.seed_generator)
 
     def fit(self, x=None, *args, **kwargs):
         """`keras.Model.fit`; a `tf.data.Dataset` is not reshuffled by Keras.
@@ -337,52 +318,19 @@ class DiffusionModel(keras.Model):
     def train_step(self, *args):
         """One optimisation step; called by `fit`.
 
-        TensorFlow: `train_step(data)` with a gradient tape. JAX:
-        `train_step(state, data) -> (logs, state)`, Keras' stateless pattern
-        (`keras_ddpm.jax_steps`). Both minimise `diffusion_loss` and scale it
-        with `optimizer.scale_loss` (a `LossScaleOptimizer` under
-        `mixed_float16`; the identity otherwise).
-
-        On several devices (`keras_ddpm.distribute.make_strategy`): under
-        `tf.distribute` each replica minimises its loss divided by the number
-        of replicas (Keras sums their gradients) and folds its replica id into
-        its draws. Under JAX's `keras.distribution.DataParallel` the step is
-        one program over the global batch that XLA splits across the devices:
-        the loss is already the mean over the whole batch and each device's
-        images get their own slice of the draws. Either way the update is the
-        one-device update of the same global batch.
+        TensorFlow: `train_step(data)` with a gradient tape
+        (`keras_ddpm.tf_steps`). JAX: `train_step(state, data) -> (logs,
+        state)`, Keras' stateless pattern (`keras_ddpm.jax_steps`). Both
+        minimise `diffusion_loss` (scaled by `optimizer.scale_loss`) and give
+        the one-device update of the global batch on several devices.
         """
-        if keras.backend.backend() == "jax":
-            return jax_steps.train_step(self, *args)
-        import tensorflow as tf
-
-        (data,) = args
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            loss = self.diffusion_loss(images, labels, training=True)
-            # Keras sums gradients over replicas: average the loss over them.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
-        variables = self.network.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply(gradients, variables)
-        if self.weight_average is not None:
-            self.weight_average.update(variables)
-        self.loss_tracker.update_state(loss)
-        return distribute.reducible_logs({"loss": self.loss_tracker.result()})
+        steps = jax_steps if keras.backend.backend() == "jax" else tf_steps
+        return steps.train_step(self, *args)
 
     def test_step(self, *args):
-        """The same loss without a gradient step; called by `evaluate`.
-
-        TensorFlow: `test_step(data)`; JAX: `test_step(state, data) -> (logs, state)`.
-        """
-        if keras.backend.backend() == "jax":
-            return jax_steps.test_step(self, *args)
-        (data,) = args
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        loss = self.diffusion_loss(images, labels, training=False)
-        self.loss_tracker.update_state(loss)
-        return distribute.reducible_logs({"loss": self.loss_tracker.result()})
+        """The same loss without a gradient step; called by `evaluate`."""
+        steps = jax_steps if keras.backend.backend() == "jax" else tf_steps
+        return steps.test_step(self, *args)
 
     # ---------------------------------------------------------------- sampling
     def network_output(self, x_t, t, labels=None, training=False):
@@ -493,37 +441,16 @@ class DiffusionModel(keras.Model):
 
         Args:
             n: int. Number of images, > 0.
-            steps: int or None. Number of reverse steps, in 1..T (Heun
-                evaluates the network 2 steps - 1 times).
-            eta: float in [0, 1]. DDIM stochasticity (0 is deterministic DDIM).
-            seed: int in 0..2**31 - 2, or None. The same seed gives the same
-                images, also after saving and reloading the model.
-            sampler: str, sampler object or None. One of
-                `keras_ddpm.sampling.SAMPLERS`, e.g. `"ddpm"`, `"ddim"`,
-                `"dpm++"`, `"heun"`; by default DDPM for T steps and DDIM for
-                fewer.
-            clip_x0: bool or None. Clip the predicted clean image to [-1, 1]
-                inside each step. Default: off for DDPM (the lecture's exact
-                formula), on for the others.
             frames: iterable of int or None. Timesteps at which to keep the
                 intermediate images (the lecture shows 1000, 200, 50, 0);
                 each is recorded at the first sampled timestep <= it.
-            batch_size: int or None. Generate in chunks of at most this many
-                images, so memory stays bounded for large `n`: the compiled
-                loop only ever holds `batch_size` images (and their
-                activations); finished chunks wait on the host as NumPy
-                arrays. Chunks draw from different seeds, so results depend
-                on it.
-            verbose: "auto", 0 or 1. Progress bar (auto: on for > 100 steps).
-            labels: int, sequence of n ints, or None. Class ids for a
-                class-conditional model (one int: the same class for all);
-                None samples unconditionally.
-            guidance_scale: float or None. Classifier-free guidance scale w
-                (see `predict_noise`); default `DEFAULT_GUIDANCE_SCALE` when
-                labels are given.
-            spacing: str or None. Timestep spacing of the strided samplers,
-                one of `keras_ddpm.sampling.SPACINGS` (None: the sampler's
-                default, `"trailing"` for DDIM, today's timesteps).
+            steps, eta, seed, sampler, clip_x0, batch_size, verbose, labels,
+                guidance_scale, spacing: the sampling options, documented
+                with their defaults in `keras_ddpm.sampling_api.SampleOptions`
+                (`steps`: 1..T; `seed`: the same seed gives the same images,
+                also after reloading; `batch_size`: chunks of at most this
+                many images; `labels`, `guidance_scale`: classes and
+                classifier-free guidance of a conditional model).
 
         Returns:
             A float32 NumPy array `(n, H, W, C)`, or `(images, frames_dict)`
@@ -681,8 +608,14 @@ def _check_training_labels(labels, num_classes):
     return labels
 
 
-def _check_settings(network, variance, prediction, num_classes, cond_drop_prob, loss_weighting):
+def _check_settings(network, variance, prediction, num_classes, cond_drop_prob, loss_weighting,
+                    seed):
     """Check `DiffusionModel`'s settings, and that the network's inputs match `num_classes`."""
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+        or not 0 <= seed <= MAX_SEED
+    ):
+        raise ValueError(f"seed must be None or an integer in 0..{MAX_SEED}, got {seed!r}.")
     if variance not in sampling.VARIANCES:
         raise ValueError(f"variance must be one of {sampling.VARIANCES}, got {variance!r}.")
     if not isinstance(network, keras.Model):

@@ -37,8 +37,37 @@ DEFAULT_GUIDANCE_SCALE = 2.0
 class SampleOptions:
     """The settings that `DiffusionModel.sample` and `inpaint` share, with their defaults.
 
-    Each field is the argument of the same name of `DiffusionModel.sample`,
-    which documents it (a test pins the defaults to that signature's).
+    Each field is the argument of the same name of `DiffusionModel.sample`
+    and `inpaint` (a test pins the defaults to their signatures').
+
+    Attributes:
+        steps: int or None. Number of reverse steps, in 1..T (Heun evaluates
+            the network 2 steps - 1 times). None: all T.
+        eta: float in [0, 1]. DDIM stochasticity (0 is deterministic DDIM).
+        seed: int in 0..2**31 - 2, or None. The same seed gives the same
+            images, also after saving and reloading the model.
+        sampler: str, sampler object or None. One of
+            `keras_ddpm.sampling.SAMPLERS`, e.g. `"ddpm"`, `"ddim"`,
+            `"dpm++"`, `"heun"`; by default DDPM for T steps and DDIM for
+            fewer.
+        clip_x0: bool or None. Clip the predicted clean image to [-1, 1]
+            inside each step. Default: off for DDPM (the lecture's exact
+            formula), on for the others.
+        batch_size: int or None. Generate in chunks of at most this many
+            images, so memory stays bounded for large `n`: the compiled loop
+            only ever holds `batch_size` images (and their activations);
+            finished chunks wait on the host as NumPy arrays. Chunks draw
+            from different seeds, so results depend on it.
+        verbose: "auto", 0 or 1. Progress bar (auto: on for > 100 steps).
+        labels: int, sequence of n ints, or None. Class ids for a
+            class-conditional model (one int: the same class for all); None
+            samples unconditionally.
+        guidance_scale: float or None. Classifier-free guidance scale w (see
+            `DiffusionModel.predict_noise`); default `DEFAULT_GUIDANCE_SCALE`
+            when labels are given.
+        spacing: str or None. Timestep spacing of the strided samplers, one
+            of `keras_ddpm.sampling.SPACINGS` (None: the sampler's default,
+            `"trailing"` for DDIM, today's timesteps).
 
     Example:
     >>> SampleOptions(steps=20, sampler="dpm++").eta

@@ -158,3 +158,26 @@ def test_frames_may_be_a_numpy_array():
     model = small_model(T=10)
     _, frames = model.sample(1, steps=2, seed=0, frames=np.array([10, 0]))
     assert sorted(frames) == [0, 10]
+
+
+def test_tf_steps_docstring_examples_run():
+    """`keras_ddpm.tf_steps`' examples, executed on a small model (TensorFlow backend)."""
+    import doctest
+
+    from keras_ddpm import tf_steps
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf_steps is the TensorFlow backend's")
+    globs = dict(vars(tf_steps), model=small_model())
+    result = doctest.testmod(tf_steps, globs=globs, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 3 and result.failed == 0
+
+
+def test_training_draws_of_a_step_are_fixed_by_the_seed_and_step():
+    """Stateless draws: step k draws the same t and eps in any run with the seed (resume)."""
+    first, again, other = small_model(seed=5), small_model(seed=5), small_model(seed=6)
+    draws = [m.training_draws((4,) + SHAPE, step=3) for m in (first, again, other)]
+    np.testing.assert_array_equal(*(ops.convert_to_numpy(d[1]) for d in draws[:2]))
+    assert not np.allclose(ops.convert_to_numpy(draws[0][1]), ops.convert_to_numpy(draws[2][1]))
+    later = ops.convert_to_numpy(first.training_draws((4,) + SHAPE, step=4)[1])
+    assert not np.allclose(later, ops.convert_to_numpy(draws[0][1]))
