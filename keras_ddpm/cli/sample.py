@@ -44,8 +44,9 @@ def add_parser(subparsers):
         metavar="PATH",
         default=None,
         help="also save the raw float32 images (model space, about [-1, 1]) to this .npz "
-        "file, as 'images' (and 'frames', 'frame_timesteps' with --frames); '.npz' is "
-        "added when missing (default: not saved)",
+        "file, as 'images' (and with --frames: 'frames', 'frame_timesteps' as asked and "
+        "'frame_sampled_timesteps' as recorded); '.npz' is added when missing (default: "
+        "not saved)",
     )
     sample.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log")
     sample.set_defaults(handler=run)
@@ -120,6 +121,9 @@ def run(args):
         if frames is not None:
             timesteps = sorted(frames, reverse=True)
             arrays["frame_timesteps"] = np.array(timesteps, dtype=np.int32)
+            # Where each frame was recorded: the first sampled timestep <= the one asked for.
+            arrays["frame_sampled_timesteps"] = np.array(
+                [frames.sampled[t] for t in timesteps], dtype=np.int32)
             arrays["frames"] = np.stack([frames[t] for t in timesteps])
         np.savez(paths["npz"], **arrays)
     for name, path in paths.items():
