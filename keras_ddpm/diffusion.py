@@ -301,6 +301,11 @@ class DiffusionModel(keras.Model):
         if type(x).__module__.startswith("tensorflow") and len(args) < 7:
             kwargs.setdefault("shuffle", False)
         _warn_if_not_model_range(_first_images(x))
+        if keras.backend.backend() == "tensorflow" and not getattr(self.optimizer, "built", True):
+            # The optimizer's variables, made now as Keras does under a strategy: made in
+            # the first step, they would make TensorFlow trace the train step twice.
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
         if self.weight_average is not None:
             # Train the training weights; end with the averages in the network.
             self.weight_average.swap_out(self.network.trainable_variables)

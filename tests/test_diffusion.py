@@ -59,9 +59,10 @@ def test_training_draws_cover_1_to_T_and_are_standard_normal():
 def test_fit_lowers_the_loss_on_shapes():
     model = small_model(T=200, seed=1)
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
-    dataset = load_dataset("shapes", batch_size=32, num_examples=512, seed=0)
+    dataset = load_dataset("shapes", batch_size=32, num_examples=256, seed=0)
     history = model.fit(dataset, epochs=4, verbose=0)
     losses = history.history["loss"]
+    # Measured on an AVX2 CPU: the last epoch's loss is 0.46 of the first's.
     assert losses[-1] < 0.6 * losses[0], losses
     assert model.evaluate(dataset.take(2), verbose=0) < losses[0]
 
@@ -86,7 +87,9 @@ def test_data_with_wrong_channels_is_a_clear_error():
 
 def test_save_load_samples_identically_and_resumes_training(tmp_path):
     model = small_model(T=20)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    # Eager steps (two, then two after loading) cost less than tracing the train step;
+    # the compile config saved in the file keeps run_eagerly for the loaded model.
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)
     images = random_images(16)
     model.fit(images, batch_size=8, epochs=1, verbose=0)
     path = tmp_path / "model.keras"

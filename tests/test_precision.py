@@ -4,6 +4,7 @@ import pytest
 import keras
 from keras import ops
 
+from helpers import eager_functions
 from keras_ddpm import DiffusionModel, NaiveUnet, precision
 from keras_ddpm.cli import build_parser, common, main
 
@@ -93,7 +94,8 @@ def test_float16_train_step_scales_the_loss():
     for policy in ("float32", "mixed_float16"):
         model = model_under(policy)
         model.network.set_weights(reference.network.get_weights())
-        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        # One eager step: the same train_step code as the traced one, without tracing it.
+        model.compile(optimizer=keras.optimizers.SGD(0.1), run_eagerly=True)
         if policy == "mixed_float16":
             assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         before = np.concatenate([w.ravel() for w in model.network.get_weights()])
@@ -127,7 +129,8 @@ def test_cli_trains_in_bfloat16_and_samples_with_xla(tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--num-examples", "32", "--epochs", "1", "--network", "naive", "--n-feat", "8", "--T", "10",
               "--batch-size", "16", "--n-samples", "2", "--seed", "0"]
-    assert main(["train", *common, "--precision", "mixed_bfloat16", "--out", str(out)]) == 0
+    with eager_functions():  # 2 steps; test_bfloat16_fit_lowers_the_loss... traces them.
+        assert main(["train", *common, "--precision", "mixed_bfloat16", "--out", str(out)]) == 0
     assert "mixed_bfloat16, XLA off" in capsys.readouterr().out  # auto: off without a GPU
     assert keras.config.dtype_policy().name == "float32"  # the CLI restores it
     model = keras.models.load_model(out / "model.keras")

@@ -25,14 +25,19 @@ from keras_ddpm.callbacks import BackupAndRestore, StopOnDivergence, TrainingDiv
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import kills  # noqa: E402
-from helpers import eager_functions  # noqa: E402
+from helpers import eager_functions, tiny_network  # noqa: E402
 
 SHAPE = (32, 32, 3)
 
 
-def small_model(T=10, seed=0, optimizer=None, n_feat=8):
-    """A tiny compiled model; eager, as tracing the training step would take longer."""
-    model = DiffusionModel(NaiveUnet(SHAPE, n_feat=n_feat), T=T, seed=seed)
+def small_model(T=10, seed=0, optimizer=None, n_feat=8, network=None):
+    """A tiny compiled model; eager, as tracing the training step would take longer.
+
+    `network="tiny"`: `helpers.tiny_network` instead of the lecture's network, for
+    checkpoint and divergence tests whose property does not depend on the network.
+    """
+    network = tiny_network(SHAPE) if network == "tiny" else NaiveUnet(SHAPE, n_feat=n_feat)
+    model = DiffusionModel(network, T=T, seed=seed)
     model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3), run_eagerly=True)
     return model
 
@@ -47,11 +52,13 @@ def as_numpy(variables):
 
 # --- resume ------------------------------------------------------------------------------
 
-RESUME_EPOCHS = 6
+# 3 epochs of 2 steps: killed after epoch 1 (or 2), the rerun runs at least one epoch.
+RESUME_EPOCHS = 3
 RESUME_ARGS = [
     "train", "--dataset", "shapes", "--num-examples", "8", "--batch-size", "4",
     "--epochs", str(RESUME_EPOCHS), "--n-feat", "8", "--T", "10", "--n-samples", "1",
-    "--sample-steps", "2", "--grid-steps", "2", "--network", "naive", "--precision", "float32",
+    "--sample-steps", "2", "--grid-steps", "2", "--grid-every", "1000", "--network", "naive",
+    "--precision", "float32",
 ]
 
 
@@ -189,7 +196,7 @@ def test_cli_divergence_names_epoch_and_step_and_keeps_the_last_good_files(
 
 def test_cli_checkpoint_holds_the_raw_weights_when_training_with_ema(tmp_path):
     """The backup is written before `fit` ends by swapping the averages into the network."""
-    argv = RESUME_ARGS + ["--epochs", "1", "--ema", "0.5", "--grid-every", "5",
+    argv = RESUME_ARGS + ["--epochs", "1", "--ema", "0.5",
                           "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
     with contextlib.redirect_stdout(io.StringIO()), eager_functions():
         assert cli.main(argv) == 0
@@ -210,14 +217,14 @@ def test_cli_checkpoint_holds_the_raw_weights_when_training_with_ema(tmp_path):
 
 def test_backup_restores_weights_optimizer_ema_epoch_and_history(tmp_path):
     images = random_images(8)
-    model = small_model(optimizer=keras.optimizers.Adam(1e-3, use_ema=True))
+    model = small_model(optimizer=keras.optimizers.Adam(1e-3, use_ema=True), network="tiny")
     backup = BackupAndRestore(tmp_path, delete_checkpoint=False)
     model.fit(images, batch_size=4, epochs=2, verbose=0, callbacks=[backup])
     assert backup.completed_epochs == 2
 
     # A new process builds the same model with the same code and calls fit again:
     # with both epochs done, it only restores (and writes the EMA weights, as fit does).
-    restored = small_model(optimizer=keras.optimizers.Adam(5e-4, use_ema=True))
+    restored = small_model(optimizer=keras.optimizers.Adam(5e-4, use_ema=True), network="tiny")
     backup_again = BackupAndRestore(tmp_path, delete_checkpoint=False)
     history = restored.fit(images, batch_size=4, epochs=2, verbose=0, callbacks=[backup_again])
     assert history.history == {} and backup_again.history == backup.history
@@ -292,7 +299,7 @@ def test_full_disk_is_reported_before_writing(tmp_path, monkeypatch):
 
 def test_crash_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     images = random_images(4)
-    model = small_model()
+    model = small_model(network="tiny")
     backup = BackupAndRestore(tmp_path, delete_checkpoint=False)
     model.fit(images, batch_size=4, epochs=1, verbose=0, callbacks=[backup])
     previous = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
@@ -343,7 +350,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
     batches = random_images(16).reshape(4, 4, *SHAPE)
     batches[3, 0, 0, 0, 0] = np.nan  # Epoch 2 (batches 2 and 3), step 2.
     dataset = tf.data.Dataset.from_tensor_slices(batches)
-    model = small_model()
+    model = small_model(network="tiny")
     backup = BackupAndRestore(tmp_path, delete_checkpoint=False)
     with pytest.raises(TrainingDivergedError) as error:
         model.fit(dataset, epochs=3, steps_per_epoch=2, verbose=0,
@@ -353,7 +360,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
     assert "loss is nan at epoch 2, step 2" in message
     assert "Lower the learning rate" in message and "NaN or infinite values" in message
     assert backup.completed_epochs == 1
-    restored = small_model()
+    restored = small_model(network="tiny")
     restored.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0,  # Only restores.
                  callbacks=[BackupAndRestore(tmp_path, delete_checkpoint=False)])
     assert all(np.all(np.isfinite(w)) for w in as_numpy(restored.network.weights))
@@ -528,8 +535,9 @@ def test_sample_in_chunks_never_runs_more_than_batch_size_images(monkeypatch):
 
 
 def test_a_model_fits_again_after_a_failed_fit():
-    # With a weight average, the harder case: its swap must be undone too.
-    model = DiffusionModel(NaiveUnet((32, 32, 3), n_feat=8), T=20, seed=0, ema_decay=0.9)
+    # With a weight average, the harder case: its swap must be undone too. Traced (the
+    # property is about the train function), on a tiny network (any network will do).
+    model = DiffusionModel(tiny_network(SHAPE), T=20, seed=0, ema_decay=0.9)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     before = [ops.convert_to_numpy(v) for v in model.network.trainable_variables]
     wrong = np.zeros((8, 16, 16, 3), "float32")

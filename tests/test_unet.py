@@ -66,30 +66,40 @@ import sys
 import numpy as np
 import keras
 import keras_ddpm  # registers the layers; no custom_objects needed
-model = keras.models.load_model(sys.argv[1])  # safe_mode=True by default
-data = np.load(sys.argv[2])
-out = model.predict([data["x_t"], data["t"]], verbose=0)
-np.save(sys.argv[3], out)
+data = np.load(sys.argv[1])
+for model_path, out_path in zip(sys.argv[2::2], sys.argv[3::2]):
+    model = keras.models.load_model(model_path)  # safe_mode=True by default
+    np.save(out_path, model.predict([data["x_t"], data["t"]], verbose=0))
 """
+TIME_EMBEDDINGS = ["learned", "sinusoidal"]
 
 
-@pytest.mark.parametrize("time_embedding", ["learned", "sinusoidal"])
-def test_keras_round_trip_in_fresh_process(tmp_path, time_embedding):
-    net = NaiveUnet((32, 32, 3), n_feat=8, time_embedding=time_embedding)
+@pytest.fixture(scope="module")
+def reloaded_in_fresh_process(tmp_path_factory):
+    """Saves a network per time embedding; one fresh process loads each and predicts.
+
+    Returns {time_embedding: (outputs before saving, outputs of the fresh process)}.
+    """
+    folder = tmp_path_factory.mktemp("round_trip")
     x_t, t = inputs(3, (32, 32, 3), seed=1)
-    expected = net.predict([x_t, t], verbose=0)
-    path = tmp_path / "unet.keras"
-    net.save(path)
-    np.savez(tmp_path / "inputs.npz", x_t=x_t, t=t)
-    script = tmp_path / "reload.py"
+    np.savez(folder / "inputs.npz", x_t=x_t, t=t)
+    expected, paths = {}, []
+    for name in TIME_EMBEDDINGS:
+        net = NaiveUnet((32, 32, 3), n_feat=8, time_embedding=name)
+        expected[name] = net.predict([x_t, t], verbose=0)
+        net.save(folder / f"{name}.keras")
+        paths += [str(folder / f"{name}.keras"), str(folder / f"{name}.npy")]
+    script = folder / "reload.py"
     script.write_text(RELOAD_SCRIPT)
-    subprocess.run(
-        [sys.executable, str(script), str(path), str(tmp_path / "inputs.npz"),
-         str(tmp_path / "out.npy")],
-        check=True,
-        capture_output=True,
-    )
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5)
+    subprocess.run([sys.executable, str(script), str(folder / "inputs.npz"), *paths],
+                   check=True, capture_output=True)
+    return {name: (expected[name], np.load(folder / f"{name}.npy")) for name in TIME_EMBEDDINGS}
+
+
+@pytest.mark.parametrize("time_embedding", TIME_EMBEDDINGS)
+def test_keras_round_trip_in_fresh_process(reloaded_in_fresh_process, time_embedding):
+    expected, reloaded = reloaded_in_fresh_process[time_embedding]
+    np.testing.assert_allclose(reloaded, expected, atol=1e-5)
 
 
 def test_lecture_client_code_runs_unchanged(tmp_path):
