@@ -301,6 +301,7 @@ class DiffusionModel(keras.Model):
         if type(x).__module__.startswith("tensorflow") and len(args) < 7:
             kwargs.setdefault("shuffle", False)
         _warn_if_not_model_range(_first_images(x))
+        self._build_optimizer()
         if self.weight_average is not None:
             # Train the training weights; end with the averages in the network.
             self.weight_average.swap_out(self.network.trainable_variables)
@@ -314,6 +315,21 @@ class DiffusionModel(keras.Model):
         finally:
             if self.weight_average is not None:
                 self.weight_average.swap_in(self.network.trainable_variables)
+
+    def _build_optimizer(self):
+        """Creates the optimizer's variables before Keras traces the train step.
+
+        On TensorFlow without a distribution strategy Keras leaves them to the
+        first trace of the step, and `tf.function` then traces the whole step a
+        second time (the first trace created variables): building them here, as
+        Keras does itself under a strategy or on JAX, halves the time of a first
+        `fit`. The updates are the same.
+        """
+        if self.optimizer is None or self.optimizer.built:
+            return
+        if keras.backend.backend() == "tensorflow" and self._distribute_strategy is None:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     def train_step(self, *args):
         """One optimisation step; called by `fit`.
