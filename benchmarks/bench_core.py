@@ -80,8 +80,8 @@ GPU_SETTINGS = dict(
 )
 # A smoke test: every code path on a tiny network.
 QUICK_SETTINGS = dict(
-    sizes=[32], n_feats=[16], train_batches=[8], train_steps=3, warmup_steps=1, batches=[4],
-    predict_steps=4, sampler_T=10, ddim_steps=10, grid_T=100, matmul_size=256,
+    sizes=[32], n_feats=[8], train_batches=[8], train_steps=2, warmup_steps=1, batches=[4],
+    predict_steps=2, sampler_T=10, ddim_steps=5, grid_T=20, matmul_size=64,
     matmul_repeats=3, xla=False,
 )
 

@@ -83,11 +83,11 @@ def parse_args(argv=None):
                         help="steps of the warm-up fit call (traces the function)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n_feat = 16
-        args.batch = 16
-        args.mock_examples = 512
-        args.folder_images = 64
-        args.cached_seconds = 1.0
+        args.n_feat = 8
+        args.batch = 8
+        args.mock_examples = 128
+        args.folder_images = 16
+        args.cached_seconds = 0.2
         args.train_steps = [2]
         args.warmup_steps = 1
     return args

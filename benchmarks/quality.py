@@ -67,8 +67,8 @@ CLI_OUTPUT_ARGS = ["--n-samples", "4", "--sample-steps", "10", "--grid-steps", "
 QUICK = dict(
     n=32,
     rows=["naive"],
-    samplers=["ddpm", "ddim:10"],
-    train_args=["--epochs", "1", "--num-examples", "64", "--T", "50", "--n-feat", "8"],
+    samplers=["ddpm", "ddim:5"],
+    train_args=["--epochs", "1", "--num-examples", "64", "--T", "20", "--n-feat", "8"],
     judge=shapes_judge.JudgeSettings(num_images=1500, epochs=3, batch_size=32, reference_size=400),
 )
 

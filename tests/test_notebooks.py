@@ -2,7 +2,8 @@
 
 Each notebook is executed with nbclient in a fresh temporary folder (so nothing is
 written into notebooks/), with KERAS_DDPM_QUICK=1 and this checkout's keras_ddpm first
-on the kernel's path. Any error in any cell fails the test. A cell appended by the test
+on the kernel's path, in a fresh namespace of one kernel that the notebooks share (see
+`SharedKernel`). Any error in any cell fails the test. A cell appended by the test
 prints some of the notebook's own results as JSON, and the test checks them.
 """
 import json
@@ -22,17 +23,63 @@ RESULT_PREFIX = "NOTEBOOK_RESULT "
 QUICK_VARIABLE = "KERAS_DDPM_QUICK"
 
 
-@pytest.fixture
-def quick_kernel_env(monkeypatch):
-    """The kernel inherits this environment: quick mode, this checkout's package."""
-    monkeypatch.setenv(QUICK_VARIABLE, "1")
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    )
+class SharedKernel:
+    """One Jupyter kernel for all the notebooks of this file, each run in a fresh namespace.
+
+    Starting a kernel and importing TensorFlow and Keras in it takes a few seconds;
+    the notebooks share them. Before each notebook a first cell moves the kernel to
+    the notebook's folder, clears Keras' global state (`clear_session`: layer names,
+    seeds) and deletes every name (`%reset -f`), so a notebook that used anything
+    defined by another fails as it would alone. A kernel that failed is restarted.
+    """
+
+    def __init__(self):
+        self.owner = None
+
+    def start(self):
+        """Starts the kernel: quick mode, this checkout's package first on its path."""
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env[QUICK_VARIABLE] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        self.owner = NotebookClient(nbformat.v4.new_notebook(), kernel_name="python3")
+        self.owner.km = self.owner.create_kernel_manager()
+        self.owner.start_new_kernel(env=env)
+        self.owner.start_new_kernel_client()
+
+    def shutdown(self):
+        if self.owner is not None and self.owner.km is not None:
+            self.owner._cleanup_kernel()
+        self.owner = None
+
+    def execute(self, notebook, folder):
+        """Executes `notebook` (modified in place) in `folder`, as a fresh kernel would."""
+        if self.owner is None:
+            self.start()
+        notebook.cells.insert(0, nbformat.v4.new_code_cell(
+            f"import os as _os, keras as _keras\n_os.chdir({str(folder)!r})\n"
+            "_keras.backend.clear_session()\n%reset -f"
+        ))
+        client = NotebookClient(notebook, km=self.owner.km, timeout=600, kernel_name="python3")
+        try:
+            client.execute()  # Raises CellExecutionError, naming the cell, on any error.
+        except BaseException:
+            self.shutdown()  # The next notebook gets a new kernel.
+            raise
+        finally:
+            if client.kc is not None:
+                client.kc.stop_channels()
+        del notebook.cells[0]
 
 
-def run_notebook(name, folder, report):
+@pytest.fixture(scope="module")
+def kernel():
+    """The kernel shared by this file's notebooks (see `SharedKernel`)."""
+    shared = SharedKernel()
+    yield shared
+    shared.shutdown()
+
+
+def run_notebook(kernel, name, folder, report):
     """Executes notebooks/`name` in `folder`; returns (notebook, the dict `report` evaluates to).
 
     `report` is a Python expression evaluated in the notebook's kernel after its last cell.
@@ -41,13 +88,7 @@ def run_notebook(name, folder, report):
     notebook.cells.append(
         nbformat.v4.new_code_cell(f"import json\nprint({RESULT_PREFIX!r} + json.dumps({report}))")
     )
-    client = NotebookClient(
-        notebook,
-        timeout=600,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(folder)}},
-    )
-    client.execute()  # Raises CellExecutionError, naming the cell, on any error.
+    kernel.execute(notebook, folder)
     printed = "".join(
         output.get("text", "")
         for output in notebook.cells[-1].outputs
@@ -96,9 +137,9 @@ def test_notebook_is_committed_without_outputs_and_has_one_settings_cell(name):
 
 
 @pytest.mark.slow
-def test_forward_diffusion_chain_matches_the_closed_form(quick_kernel_env, tmp_path):
+def test_forward_diffusion_chain_matches_the_closed_form(kernel, tmp_path):
     notebook, result = run_notebook(
-        "01_forward_diffusion.ipynb", tmp_path, "dict(rows=chain_check, beta1=BETA1, beta2=BETA2, T=T)"
+        kernel, "01_forward_diffusion.ipynb", tmp_path, "dict(rows=chain_check, beta1=BETA1, beta2=BETA2, T=T)"
     )
     assert count_images(notebook) >= 5
     # float64 reference, written from the formulas: alphabar_t = prod_{s<=t} (1 - beta_s).
@@ -113,9 +154,9 @@ def test_forward_diffusion_chain_matches_the_closed_form(quick_kernel_env, tmp_p
 
 
 @pytest.mark.slow
-def test_network_notebook_walks_the_unet(quick_kernel_env, tmp_path):
+def test_network_notebook_walks_the_unet(kernel, tmp_path):
     notebook, result = run_notebook(
-        "02_the_network.ipynb",
+        kernel, "02_the_network.ipynb",
         tmp_path,
         "dict(n=N_FEAT, shapes={k: list(v.shape) for k, v in activations.items()}, "
         "lecture_params=lecture_params, untrained_loss=untrained_loss)",
@@ -134,9 +175,9 @@ def test_network_notebook_walks_the_unet(quick_kernel_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_training_notebook_trains_saves_and_shows_grids(quick_kernel_env, tmp_path):
+def test_training_notebook_trains_saves_and_shows_grids(kernel, tmp_path):
     notebook, result = run_notebook(
-        "03_training.ipynb",
+        kernel, "03_training.ipynb",
         tmp_path,
         "dict(loss=history.history['loss'], initial_loss=initial_loss, "
         "grid_epochs=sorted(grids.images), epochs=EPOCHS, every=GRID_EVERY, model=MODEL_PATH)",
@@ -153,10 +194,10 @@ def test_training_notebook_trains_saves_and_shows_grids(quick_kernel_env, tmp_pa
 
 
 @pytest.mark.slow
-def test_reverse_diffusion_notebook_runs_alone(quick_kernel_env, tmp_path):
+def test_reverse_diffusion_notebook_runs_alone(kernel, tmp_path):
     # No model.keras in the folder: the notebook trains its own small model first.
     notebook, result = run_notebook(
-        "04_reverse_diffusion.ipynb",
+        kernel, "04_reverse_diffusion.ipynb",
         tmp_path,
         "dict(trained_here=trained_here, T=T, frames=sorted(t for t in FRAME_TIMES if t in frames), "
         "difference=max_difference, scale=float(np.abs(compiled_images).max()), "
@@ -185,9 +226,9 @@ def test_reverse_diffusion_notebook_runs_alone(quick_kernel_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_improvements_notebook_guides_inpaints_and_averages(quick_kernel_env, tmp_path):
+def test_improvements_notebook_guides_inpaints_and_averages(kernel, tmp_path):
     notebook, result = run_notebook(
-        "05_improvements.ipynb",
+        kernel, "05_improvements.ipynb",
         tmp_path,
         "dict(schedule=model.schedule, classes=model.num_classes, loss=history.history['loss'], "
         "scales=sorted(guided), shapes=[list(guided[w].shape) for w in sorted(guided)], "
@@ -206,9 +247,9 @@ def test_improvements_notebook_guides_inpaints_and_averages(quick_kernel_env, tm
 
 
 @pytest.mark.slow
-def test_exercises_notebook_solutions_check_out(quick_kernel_env, tmp_path):
+def test_exercises_notebook_solutions_check_out(kernel, tmp_path):
     notebook, result = run_notebook(
-        "06_exercises.ipynb",
+        kernel, "06_exercises.ipynb",
         tmp_path,
         "dict(fractions=fractions.tolist(), spreads=spreads.tolist(), "
         "quiz=check_answers(solution), questions=len(QUIZ), losses=losses)",
