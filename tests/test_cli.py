@@ -329,6 +329,8 @@ def test_sample_writes_grid_frames_and_npz(trained_run, tmp_path):
         assert arrays["images"].shape == (4, 32, 32, 3)
         assert arrays["images"].dtype == np.float32
         assert list(arrays["frame_timesteps"]) == [20, 5, 0]
+        # DDIM-5 of T = 20 samples t = 20, 16, 12, 8, 4: frame 5 is recorded at t = 4.
+        assert list(arrays["frame_sampled_timesteps"]) == [20, 4, 0]
         assert arrays["frames"].shape == (3, 4, 32, 32, 3)
         # The frame at t = 0 is the final sample.
         np.testing.assert_array_equal(arrays["frames"][-1], arrays["images"])
