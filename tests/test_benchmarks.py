@@ -72,3 +72,18 @@ def test_recipe_sweep_trains_the_cli_recipe_and_writes_its_samples(tmp_path):
         assert sorted(samples.files) == ["ddim-3", "ddpm-20"]
         assert samples["ddpm-20"].shape == (4, 32, 32, 3) and samples["ddpm-20"].dtype == np.uint8
     assert (tmp_path / "tiny.keras").is_file()
+
+
+@pytest.mark.slow
+def test_step_profile_times_every_leaf_layer_of_the_network(capsys):
+    """In this process: NaiveUnet's 21 convolutions and 21 group norms each timed, then the step."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import profile_step
+
+    profile_step.main(["--quick"])
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert lines[-1].startswith("| "), lines[-3:]  # the table is printed last
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines if line.startswith("| ")}
+    assert rows["Conv2D"][0] == "21" and rows["GroupNormalization"][0] == "21"
+    assert rows["Conv2DTranspose"][0] == "4"
+    assert rows["(whole training step: fit)"][2] == "100%"
