@@ -12,6 +12,8 @@ update of the same global batch.
 
 import keras
 
+from keras_ddpm import distribute
+
 
 def train_step(model, data):
     """One optimisation step of `model` on `data`: the logs.
@@ -28,8 +30,6 @@ def train_step(model, data):
     >>> # which returns tf_steps.train_step(model, data).
     """
     import tensorflow as tf
-
-    from keras_ddpm import distribute
 
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     with tf.GradientTape() as tape:
@@ -54,8 +54,6 @@ def test_step(model, data):
     >>> # KERAS_BACKEND=tensorflow: model.evaluate calls model.test_step(data),
     >>> # which returns tf_steps.test_step(model, data).
     """
-    from keras_ddpm import distribute
-
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     loss = model.diffusion_loss(images, labels, training=False)
     model.loss_tracker.update_state(loss)
@@ -104,6 +102,4 @@ def label_draws(model, shape, step=None):
 
 
 def _step_seed(model, step):
-    from keras_ddpm import distribute
-
     return distribute.step_seed(model._step_seed, step, model.seed_generator)
