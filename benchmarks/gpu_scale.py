@@ -1,6 +1,6 @@
 """The DDPM paper's CIFAR-10 U-Net size on a GPU: training, sampling, 50,000 samples; one table.
 
-    KERAS_BACKEND=jax python benchmarks/gpu_scale.py              # every row, ~8 min on one H100
+    KERAS_BACKEND=jax python benchmarks/gpu_scale.py              # every row, ~7 min on one H100 or H200
     KERAS_BACKEND=jax python benchmarks/gpu_scale.py --quick      # smoke test, small networks
     KERAS_BACKEND=jax python benchmarks/gpu_scale.py --networks naive --generate 0
 
