@@ -49,11 +49,10 @@ class FixedDraws(DiffusionModel):
         return same_draws_for_every_image(image_shape, step)
 
 
-def one_step(strategy, fixed_draws=False):
+def one_step(strategy):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model_class = FixedDraws if fixed_draws else DiffusionModel
-        model = model_class(NaiveUnet((32, 32, 3), n_feat=8), T=T, seed=0)
+        model = FixedDraws(NaiveUnet((32, 32, 3), n_feat=8), T=T, seed=0)
         model.compile(optimizer=keras.optimizers.SGD(0.5))
     before = [v.numpy() for v in model.network.trainable_variables]
     loss = model.fit(images, batch_size=8, epochs=1, shuffle=False, verbose=0).history["loss"][0]
@@ -62,12 +61,13 @@ def one_step(strategy, fixed_draws=False):
 
 
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-model, loss_2, updates_2 = one_step(mirrored, fixed_draws=True)
-_, loss_1, updates_1 = one_step(tf.distribute.get_strategy(), fixed_draws=True)
+_, loss_2, updates_2 = one_step(mirrored)
+_, loss_1, updates_1 = one_step(tf.distribute.get_strategy())
 update_1, update_2 = (np.concatenate([u.ravel() for u in updates]) for updates in (updates_1, updates_2))
 
-# The model's own draws, on each replica.
-model, _, _ = one_step(mirrored)
+# The model's own draws, on each replica (no training step needed).
+with mirrored.scope():
+    model = DiffusionModel(NaiveUnet((32, 32, 3), n_feat=8), T=T, seed=0)
 draw = tf.function(lambda: mirrored.run(model.training_draws, args=((4, 32, 32, 3),)))
 (t_a, t_b), (noise_a, noise_b) = [mirrored.experimental_local_results(v) for v in draw()]
 later_noise_a = mirrored.experimental_local_results(draw()[1])[0]
