@@ -87,3 +87,14 @@ def test_step_profile_times_every_leaf_layer_of_the_network(capsys):
     assert rows["Conv2D"][0] == "21" and rows["GroupNormalization"][0] == "21"
     assert rows["Conv2DTranspose"][0] == "4"
     assert rows["(whole training step: fit)"][2] == "100%"
+
+
+def test_gpu_benchmark_builds_the_ddpm_papers_cifar10_network():
+    """`gpu_scale.ho_cifar10` is Ho et al.'s network: their 35,746,307 parameters, plus the
+    (512 - 128) x 512 weights of a time MLP fed a 512-wide sinusoid instead of a 128-wide one."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_scale
+
+    network = gpu_scale.ho_cifar10()
+    assert network.count_params() - 35_746_307 == (512 - 128) * 512
+    assert network.output_shape == (None,) + gpu_scale.SHAPE
