@@ -603,7 +603,7 @@ def test_ctrl_c_is_one_line_that_says_what_was_kept(tmp_path, capsys):
 def test_train_unet_with_the_recipe_options(tmp_path, capsys):
     out_dir = tmp_path / "unet"
     args = [
-        "train", "--num-examples", "16", "--epochs", "2", "--batch-size", "4", "--T", "20",
+        "train", "--num-examples", "20", "--epochs", "1", "--batch-size", "4", "--T", "20",
         "--widths", "8,16", "--blocks-per-level", "2", "--attention-levels", "0,1",
         "--dropout", "0.1", "--ema", "0.9", "--warmup-steps", "3", "--lr", "0.01",
         "--clipnorm", "0.5", "--loss-weighting", "min_snr", "--min-snr-gamma", "2",
@@ -619,9 +619,9 @@ def test_train_unet_with_the_recipe_options(tmp_path, capsys):
                 if isinstance(layer, keras_ddpm.AttentionBlock)]) == 2 * 2 * 2 + 1
     assert (model.ema_decay, model.loss_weighting, model.min_snr_gamma) == (0.9, "min_snr", 2.0)
     assert (model.prediction, model.schedule) == ("v", "cosine")
-    assert float(model.weight_average.updates.numpy()) == 8  # 2 epochs of 4 steps.
+    assert float(model.weight_average.updates.numpy()) == 5  # 1 epoch of 5 steps.
     optimizer = model.optimizer
     assert optimizer.global_clipnorm == 0.5
     schedule = optimizer.get_config()["learning_rate"]["config"]
-    assert schedule["warmup_steps"] == 1  # At most a fifth of the 8 steps.
-    assert (schedule["decay_steps"], schedule["warmup_target"], schedule["alpha"]) == (7, 0.01, 0.1)
+    assert schedule["warmup_steps"] == 1  # --warmup-steps 3, cut to a fifth of the 5 steps.
+    assert (schedule["decay_steps"], schedule["warmup_target"], schedule["alpha"]) == (4, 0.01, 0.1)
