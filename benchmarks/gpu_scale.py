@@ -63,7 +63,7 @@ def ho_cifar10(width=128, multipliers=(1, 2, 2, 2), blocks=2, attention_level=1,
     x = layers.Conv2D(width, 3, padding="same", name="stem")(x_in)
     skips = [x]
     for level, multiplier in enumerate(multipliers):
-        for index in range(blocks):
+        for _ in range(blocks):
             x = ResidualBlock(width * multiplier, dropout)([x, embedding])
             x = AttentionBlock()(x) if level == attention_level else x
             skips.append(x)
@@ -73,7 +73,7 @@ def ho_cifar10(width=128, multipliers=(1, 2, 2, 2), blocks=2, attention_level=1,
     x = ResidualBlock(x.shape[-1], dropout)([x, embedding])
     x = ResidualBlock(x.shape[-1], dropout)([AttentionBlock()(x), embedding])
     for level in reversed(range(len(multipliers))):
-        for index in range(blocks + 1):
+        for _ in range(blocks + 1):
             x = layers.Concatenate()([x, skips.pop()])
             x = ResidualBlock(width * multipliers[level], dropout)([x, embedding])
             x = AttentionBlock()(x) if level == attention_level else x

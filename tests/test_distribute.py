@@ -57,12 +57,12 @@ def one_step(strategy):
     before = [v.numpy() for v in model.network.trainable_variables]
     loss = model.fit(images, batch_size=8, epochs=1, shuffle=False, verbose=0).history["loss"][0]
     after = [v.numpy() for v in model.network.trainable_variables]
-    return model, loss, [b - a for a, b in zip(before, after)]
+    return loss, [b - a for a, b in zip(before, after)]
 
 
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-_, loss_2, updates_2 = one_step(mirrored)
-_, loss_1, updates_1 = one_step(tf.distribute.get_strategy())
+loss_2, updates_2 = one_step(mirrored)
+loss_1, updates_1 = one_step(tf.distribute.get_strategy())
 update_1, update_2 = (np.concatenate([u.ravel() for u in updates]) for updates in (updates_1, updates_2))
 
 # The model's own draws, on each replica (no training step needed).
