@@ -8,7 +8,9 @@ and writes what it saw to RESULTS_DIR. The tests below (TensorFlow backend)
 run it once and check the results; one also loads the JAX-trained `.keras`
 file with TensorFlow.
 """
+import contextlib
 import importlib.abc
+import io
 import json
 import os
 import pathlib
@@ -19,6 +21,16 @@ import numpy as np
 
 SHAPE = (32, 32, 3)
 T = 20
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The benchmark as the GPU machine runs it (`KERAS_BACKEND=jax python benchmarks/bench_core.py`),
+# at its smoke-test settings, in the same JAX process.
+CORE_BENCHMARK_ARGS = ["--quick", "--precisions", "float32", "--no-pipeline"]
+CORE_ROWS = (
+    "Training images/s, 32x32, n_feat 8, batch 8",
+    "compiled `sample` vs the lecture's `predict` loop",
+    "Grid of 4 images: DDIM 5 steps vs compiled DDPM 20 steps",
+    "Matmul ceiling 64x64 float32",
+)
 
 
 # --------------------------------------------------------------- JAX process
@@ -128,6 +140,18 @@ def run_jax_session(out_dir):
         "data_parallel": run_data_parallel_steps(keras, images[:8]),
     }
     (out_dir / "results.json").write_text(json.dumps(results))
+    (out_dir / "bench_core.txt").write_text(run_core_benchmark())
+
+
+def run_core_benchmark():
+    """What `benchmarks/bench_core.py` prints at its smoke-test settings."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_core
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        bench_core.main(CORE_BENCHMARK_ARGS)
+    return printed.getvalue()
 
 
 def run_unet_recipe(out_dir):
@@ -183,8 +207,7 @@ if __name__ != "__main__":
             env.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=2",
             "--xla_backend_optimization_level=0",
         ]))
-        root = pathlib.Path(__file__).resolve().parents[1]
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         result = subprocess.run(
             [sys.executable, __file__, str(out_dir)],
             capture_output=True,
@@ -195,6 +218,15 @@ if __name__ != "__main__":
         assert result.returncode == 0, result.stderr[-3000:]
         results = json.loads((out_dir / "results.json").read_text())
         return out_dir, results, dict(np.load(out_dir / "arrays.npz"))
+
+    @pytest.mark.slow
+    def test_core_benchmark_runs_on_the_jax_backend(jax_session):
+        """The GPU measurement runs this way: `KERAS_BACKEND=jax python benchmarks/bench_core.py`."""
+        out = (jax_session[0] / "bench_core.txt").read_text()
+        assert out.rstrip().splitlines()[-1].startswith("| ")  # the table is printed last
+        for row in CORE_ROWS:
+            assert row in out, row
+        assert "backend jax" in out
 
     @pytest.mark.slow
     def test_jax_runs_without_tensorflow(jax_session):
