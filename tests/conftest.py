@@ -3,6 +3,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# One thread per TensorFlow process: the workers (one per core) already fill the cores,
+# and TensorFlow's own thread pools would compete with them (and with the subprocesses
+# and notebook kernels the tests start, which inherit this).
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
