@@ -54,7 +54,7 @@ def test_labels_out_of_range_are_a_clear_error():
     with pytest.raises(ValueError, match="unconditional"):
         DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=20).sample(2, steps=2, labels=[0, 1])
     # The same in training: a dataset label outside 0..K-1 stops fit with the message.
-    model.compile(optimizer="adam")
+    model.compile(optimizer="sgd")
     images = np.zeros((4,) + SHAPE, "float32")
     with pytest.raises(Exception, match=r"labels must be class ids in 0\.\.2"):
         model.fit(images, np.array([0, 1, 2, 5]), batch_size=4, epochs=1, verbose=0)
@@ -150,7 +150,10 @@ def test_v_and_x0_models_train_sample_and_round_trip(tmp_path):
     images, _ = two_colour_data(64)
     for prediction in ("v", "x0"):
         model = DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=20, prediction=prediction, seed=0)
-        model.compile(optimizer=keras.optimizers.Adam(3e-3))
+        # SGD: its update traces in a tenth of Adam's time (578 graph ops against 3,903
+        # for this network). Measured, 2 seeds each: the last epoch's loss is 0.52-0.72 of
+        # the first's.
+        model.compile(optimizer=keras.optimizers.SGD(0.05, global_clipnorm=1.0))
         history = model.fit(images, batch_size=16, epochs=3, verbose=0)
         assert history.history["loss"][-1] < history.history["loss"][0]
         model.save(tmp_path / f"{prediction}.keras")

@@ -69,7 +69,7 @@ def test_fit_lowers_the_loss_on_shapes():
 
 def test_fit_reads_batch_size_from_data_and_accepts_labels():
     model = small_model(T=10)
-    model.compile(optimizer="adam", run_eagerly=True)  # Batches of 4, 2, 3, 1: no retracing.
+    model.compile(optimizer="sgd", run_eagerly=True)  # Batches of 4, 2, 3, 1: no retracing.
     images = random_images(10)
     labels = np.zeros(10, "int32")
     history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)  # 4, 4, 2
@@ -80,7 +80,7 @@ def test_fit_reads_batch_size_from_data_and_accepts_labels():
 
 def test_data_with_wrong_channels_is_a_clear_error():
     model = small_model(T=10)
-    model.compile(optimizer="adam")
+    model.compile(optimizer="sgd")
     with pytest.raises(ValueError, match=r"expects \(32, 32, 3\)"):
         model.fit(random_images(4, shape=(32, 32, 1)), batch_size=2, epochs=1, verbose=0)
 
@@ -149,7 +149,7 @@ def test_fit_on_a_dataset_does_not_warn_about_shuffle():
     import warnings
 
     model = small_model(T=10)
-    model.compile(optimizer="adam", run_eagerly=True)  # fit's warnings, without tracing.
+    model.compile(optimizer="sgd", run_eagerly=True)  # fit's warnings, without tracing.
     dataset = load_dataset("shapes", batch_size=8, num_examples=16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
