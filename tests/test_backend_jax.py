@@ -4,7 +4,9 @@ Keras picks its backend when it is first imported, so the JAX side runs in a
 subprocess: this file run as a script (`KERAS_BACKEND=jax python
 tests/test_backend_jax.py RESULTS_DIR`) makes `import tensorflow` fail, as on a
 GPU machine that has JAX but no TensorFlow, does the work on in-memory arrays,
-and writes what it saw to RESULTS_DIR. The tests below (TensorFlow backend)
+runs the smoke test of `benchmarks/bench_core.py` (as the GPU machine runs it),
+and writes what it saw to RESULTS_DIR. One JAX process for all of it: starting
+JAX and compiling are most of its time. The tests below (TensorFlow backend)
 run it once and check the results; one also loads the JAX-trained `.keras`
 file with TensorFlow.
 """
