@@ -52,31 +52,39 @@ def as_numpy(variables):
 
 # --- resume ------------------------------------------------------------------------------
 
-# 3 epochs of 2 steps: killed after epoch 1 (or 2), the rerun runs at least one epoch.
-RESUME_EPOCHS = 3
-RESUME_ARGS = [
-    "train", "--dataset", "shapes", "--num-examples", "8", "--batch-size", "4",
-    "--epochs", str(RESUME_EPOCHS), "--n-feat", "8", "--T", "10", "--n-samples", "1",
-    "--sample-steps", "2", "--grid-steps", "2", "--grid-every", "1000", "--network", "naive",
-    "--precision", "float32",
-]
+# The fault-injection run (`kills.ARGS`): 2 epochs of one step, killed after epoch 1.
+RESUME_EPOCHS = 2
+# `keras-ddpm train` in a process of its own with `tf.function`s run eagerly, as in the
+# in-process runs it is compared with: 2 steps do not pay back the tracing of the step.
+EAGER_CLI = ("import sys, tensorflow as tf; tf.config.run_functions_eagerly(True); "
+             "from keras_ddpm import cli; sys.exit(cli.main(sys.argv[1:]))")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_kill_run(tmp_path_factory):
+    """One run of `kills.ARGS` never killed (tf.functions eager, as in the runs killed)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with eager_functions():
+        kills.train(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory):
-    """Kills a real `keras-ddpm train` with SIGKILL after its first epoch, then reruns it.
+    """Kills a real `keras-ddpm train` process with SIGKILL after its first epoch, then
+    reruns it (in this process).
 
     Returns (run folder, epochs done when killed, the killed run's output, the rerun's).
     """
     folder = tmp_path_factory.mktemp("resume")
-    argv = RESUME_ARGS + ["--checkpoint-dir", str(folder / "ck"), "--out", str(folder / "out")]
+    argv = kills.argv(folder)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "keras_ddpm.cli", *argv],
+        [sys.executable, "-c", EAGER_CLI, *argv],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )
     # Kill it as soon as it prints the end of its first epoch (written to the checkpoint
-    # just before).
+    # just before; epoch 2, a step and a checkpoint, takes seconds more).
     lines = []
     while not any("loss:" in line for line in lines):
         lines.append(process.stdout.readline())
@@ -89,7 +97,7 @@ def resumed_run(tmp_path_factory):
     killed_after = json.loads(metadata.read_text())["epoch"]
 
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), eager_functions():
         assert cli.main(argv) == 0  # The same command again.
     return folder, killed_after, killed_output, printed.getvalue()
 
@@ -108,18 +116,15 @@ def test_killed_training_resumes_from_its_last_completed_epoch(resumed_run):
     printed_losses = re.findall(r"loss: (\d+\.\d+)", killed_output)[:killed_after]
     assert printed_losses == [f"{loss:.4f}" for loss in history[:killed_after]]
     model = saving.load_model(folder / "out" / "model.keras")
-    assert int(model.optimizer.iterations) == 2 * RESUME_EPOCHS  # 2 steps per epoch
+    assert int(model.optimizer.iterations) == RESUME_EPOCHS  # 1 step per epoch
 
 
 @pytest.mark.slow
-def test_a_killed_and_resumed_run_has_the_losses_of_an_uninterrupted_one(resumed_run, tmp_path):
+def test_a_killed_and_resumed_run_has_the_losses_of_an_uninterrupted_one(
+    resumed_run, uninterrupted_kill_run
+):
     """Same data order and training draws in every epoch, resumed or not: bit-exact."""
-    folder = resumed_run[0]
-    argv = RESUME_ARGS + ["--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert cli.main(argv) == 0
-    uninterrupted = json.loads((tmp_path / "out" / "history.json").read_text())
-    assert json.loads((folder / "out" / "history.json").read_text()) == uninterrupted
+    assert kills.history(resumed_run[0]) == kills.history(uninterrupted_kill_run)
 
 
 # --- kills at the commit points (fault injection; benchmarks/kills.py kills at all 12) -----
@@ -137,15 +142,6 @@ TEAR_POINTS = [
     ("model.keras", True, 2),  # The model written, not the history.
     ("history.json", True, 2),  # Everything written but the sample grid.
 ]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted_kill_run(tmp_path_factory):
-    """One run of `kills.ARGS` never killed (tf.functions eager, as in the chain)."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    with eager_functions():
-        kills.train(folder)
-    return folder
 
 
 @pytest.mark.slow
@@ -182,10 +178,12 @@ def test_cli_divergence_names_epoch_and_step_and_keeps_the_last_good_files(
              tmp_path / "ck" / "training_metadata.json",
              tmp_path / "out" / "model.keras", tmp_path / "out" / "history.json"]
     before = [path.read_bytes() for path in files]
-    argv = RESUME_ARGS + ["--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
+    argv = kills.argv(tmp_path)
     argv[argv.index("--epochs") + 1] = str(RESUME_EPOCHS + 1)
+    # Resumes after the last epoch, then blows up: the first step's update (batches of 2,
+    # so 2 steps in the epoch) makes the second step's loss nan.
     with pytest.raises(SystemExit) as exit_info, eager_functions():
-        cli.main(argv + ["--lr", "1e30"])  # Resumes after the last epoch, then blows up.
+        cli.main(argv + ["--lr", "1e30", "--batch-size", "2"])
     assert exit_info.value.code == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith("keras-ddpm: error: training diverged: the loss is nan at epoch "
@@ -196,8 +194,7 @@ def test_cli_divergence_names_epoch_and_step_and_keeps_the_last_good_files(
 
 def test_cli_checkpoint_holds_the_raw_weights_when_training_with_ema(tmp_path):
     """The backup is written before `fit` ends by swapping the averages into the network."""
-    argv = RESUME_ARGS + ["--epochs", "1", "--ema", "0.5",
-                          "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
+    argv = kills.argv(tmp_path) + ["--epochs", "1", "--ema", "0.5"]
     with contextlib.redirect_stdout(io.StringIO()), eager_functions():
         assert cli.main(argv) == 0
     final = saving.load_model(tmp_path / "out" / "model.keras")  # Averages in the network.
