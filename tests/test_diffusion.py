@@ -180,7 +180,7 @@ def test_tf_steps_docstring_examples_run():
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("tf_steps is the TensorFlow backend's")
-    globs = dict(vars(tf_steps), model=small_model())
+    globs = dict(vars(tf_steps), model=tiny_model())
     result = doctest.testmod(tf_steps, globs=globs, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 3 and result.failed == 0
 
