@@ -153,7 +153,7 @@ def test_v_and_x0_models_train_sample_and_round_trip(tmp_path):
     images, _ = two_colour_data(64)
     for prediction in ("v", "x0"):
         # The targets are the property, not the network: the tiny one traces and trains in
-        # a second (NaiveUnet: 12 s a model).
+        # about a second (with NaiveUnet the test took 25-30 s).
         model = DiffusionModel(tiny_network(SHAPE), T=20, prediction=prediction, seed=0)
         model.compile(optimizer=keras.optimizers.SGD(0.05, global_clipnorm=1.0))
         history = model.fit(images, batch_size=16, epochs=3, verbose=0)
