@@ -170,3 +170,23 @@ def tiny_network(image_shape=(32, 32, 3)):
     time_term = keras.layers.Reshape((1, 1, channels))(keras.layers.Dense(channels)(t))
     output = keras.layers.Add()([keras.layers.Conv2D(channels, 3, padding="same")(x_t), time_term])
     return keras.Model([x_t, t], output)
+
+
+def tiny_conditional_network(image_shape=(32, 32, 3), num_classes=2):
+    """`tiny_network` with a class label: `[x_t, t / T, label]` (label K is "no class").
+
+    A 3x3 convolution of x_t plus a term in t and an embedding of the label, for
+    tests of conditional plumbing (labels, guidance, callbacks, saving) whose
+    property does not depend on the network.
+    """
+    channels = image_shape[-1]
+    x_t, t = keras.Input(image_shape), keras.Input((1,))
+    label = keras.Input((1,), dtype="int32")
+    time_term = keras.layers.Reshape((1, 1, channels))(keras.layers.Dense(channels)(t))
+    label_term = keras.layers.Reshape((1, 1, channels))(
+        keras.layers.Embedding(num_classes + 1, channels)(label)
+    )
+    output = keras.layers.Add()(
+        [keras.layers.Conv2D(channels, 3, padding="same")(x_t), time_term, label_term]
+    )
+    return keras.Model([x_t, t, label], output)

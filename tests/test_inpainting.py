@@ -2,14 +2,16 @@
 import numpy as np
 import pytest
 
-from helpers import analytic_model, two_colour_data
-from keras_ddpm import DiffusionModel, NaiveUnet
+from helpers import analytic_model, tiny_network, two_colour_data
+from keras_ddpm import DiffusionModel
 
 SHAPE = (32, 32, 3)
 
 
 def tiny_model():
-    return DiffusionModel(NaiveUnet(SHAPE, n_feat=8), T=20, seed=0)
+    """The mask handling is the property, not the network: `tiny_network`'s sampling
+    loops trace in a fraction of NaiveUnet's time."""
+    return DiffusionModel(tiny_network(SHAPE), T=20, seed=0)
 
 
 def centre_mask():
@@ -26,7 +28,8 @@ def test_known_pixels_are_kept_bit_exactly(steps, resample):
     assert out.shape == images.shape and out.dtype == np.float32
     keep = np.broadcast_to(mask[None, :, :, None] == 1, images.shape)
     np.testing.assert_array_equal(out[keep], images[keep])
-    assert np.abs(out[~keep] - images[~keep]).mean() > 0.1  # The hole was regenerated.
+    # The hole was regenerated (0.79-1.41 with tiny_network, 3 seeds of its weights).
+    assert np.abs(out[~keep] - images[~keep]).mean() > 0.1
 
 
 def test_mask_shapes_and_extremes():
