@@ -4,7 +4,7 @@
     python benchmarks/quality.py --rows naive --samplers ddim:50
     python benchmarks/quality.py --model runs/shapes/model.keras --samplers ddim:50
     python benchmarks/quality.py --samples sweep/*.npz     # score samples made elsewhere
-    python benchmarks/quality.py --quick                  # smoke test (tests/test_benchmarks.py)
+    python benchmarks/quality.py --quick                  # smoke test (tests/test_quality.py)
 
 A row is (training configuration, sampler). Each training configuration is a
 `keras-ddpm train` command line on `shapes` (`--rows`, or your own with
@@ -124,7 +124,9 @@ def parse_args(argv=None):
     parser.add_argument("--out-dir", default="runs/quality",
                         help="trained models, sample grids (PNG) and results.json")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny judge, training, n and T: a smoke test of the script")
+                        help="tiny judge, training, n and T, and training with "
+                        "tf.functions run eagerly (2 steps cost less than tracing them): a "
+                        "smoke test of the script, its times are not figures")
     args = parser.parse_args(argv)
     args.judge = QUICK["judge"] if args.quick else shapes_judge.JudgeSettings()
     args.train_args = QUICK["train_args"] if args.quick else []
@@ -169,6 +171,8 @@ def train_row(name, row_args, args):
     argv = ["train", *CLI_OUTPUT_ARGS, *args.train_args, *budget, "--seed", str(args.seed),
             *row_args, "--out", str(out)]
     code = "import sys; from keras_ddpm.cli import main; sys.exit(main(sys.argv[1:]))"
+    if args.quick:
+        code = "import tensorflow as tf; tf.config.run_functions_eagerly(True); " + code
     log(f"{name}: keras-ddpm {' '.join(argv)}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
