@@ -276,6 +276,8 @@ def test_parser_defaults():
          "--widths", "8,16,32", "--loss-weighting", "none"]
     )
     assert (off.ema, off.clipnorm, off.attention_levels, off.widths) == (None, None, (), (8, 16, 32))
+    levels = cli.build_parser().parse_args(["train", "--attention-levels", "0,1"])
+    assert levels.attention_levels == (0, 1)
     assert (train_args.sample_steps, train_args.n_samples, train_args.out) == (
         None,
         16,
@@ -604,7 +606,7 @@ def test_train_unet_with_the_recipe_options(tmp_path, capsys):
     out_dir = tmp_path / "unet"
     args = [
         "train", "--num-examples", "20", "--epochs", "1", "--batch-size", "4", "--T", "20",
-        "--widths", "8,16", "--blocks-per-level", "2", "--attention-levels", "0,1",
+        "--widths", "8,16", "--blocks-per-level", "2", "--attention-levels", "none",
         "--dropout", "0.1", "--ema", "0.9", "--warmup-steps", "3", "--lr", "0.01",
         "--clipnorm", "0.5", "--loss-weighting", "min_snr", "--min-snr-gamma", "2",
         "--n-samples", "2", "--grid-steps", "2", "--sample-steps", "2", "--out", str(out_dir),
@@ -615,8 +617,10 @@ def test_train_unet_with_the_recipe_options(tmp_path, capsys):
     blocks = [layer for layer in model.network.layers
               if isinstance(layer, keras_ddpm.ResidualBlock)]
     assert len(blocks) == 2 * 2 * 2 + 2 and blocks[0].dropout == 0.1
+    # Self-attention only in the middle (the default adds it to level 1's 4 blocks; at
+    # level 0, 32x32, it would make the steps several times slower).
     assert len([layer for layer in model.network.layers
-                if isinstance(layer, keras_ddpm.AttentionBlock)]) == 2 * 2 * 2 + 1
+                if isinstance(layer, keras_ddpm.AttentionBlock)]) == 1
     assert (model.ema_decay, model.loss_weighting, model.min_snr_gamma) == (0.9, "min_snr", 2.0)
     assert (model.prediction, model.schedule) == ("v", "cosine")
     assert float(model.weight_average.updates.numpy()) == 5  # 1 epoch of 5 steps.
