@@ -207,8 +207,8 @@ def test_train_init_fine_tunes_a_saved_model_on_one_class(trained_run, tmp_path)
     with contextlib.redirect_stdout(printed):
         status = cli.main([
             "train", "--init", str(out_dir / "model.keras"), "--classes", "disc",
-            "--num-examples", "24", "--epochs", "1", "--batch-size", "8",
-            "--n-samples", "1", "--sample-steps", "2", "--out", str(tmp_path),
+            "--num-examples", "8", "--epochs", "1", "--batch-size", "8",
+            "--n-samples", "1", "--sample-steps", "2", "--grid-steps", "2", "--out", str(tmp_path),
         ])
     assert status == 0
     assert "Fine-tuning" in printed.getvalue() and "classes disc" in printed.getvalue()
@@ -490,7 +490,8 @@ def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, cap
     out_dir = tmp_path / "cond"
     args = TINY_TRAIN_ARGS + [
         "--conditional", "--prediction", "v", "--ema", "0.9", "--epochs", "2",
-        "--grid-steps", "5", "--sample-steps", "5", "--log-dir", str(tmp_path / "logs"),
+        "--num-examples", "8",  # One step per epoch: the outputs are the property.
+        "--grid-steps", "2", "--sample-steps", "2", "--log-dir", str(tmp_path / "logs"),
         "--out", str(out_dir),
     ]
     assert cli.main(args) == 0
