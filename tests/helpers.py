@@ -153,40 +153,27 @@ def analytic_model(means, stds, image_shape, T=50, **model_kwargs):
 # `eager_functions()`: tf.functions run eagerly inside the block, for tests of what a
 # command does with a few training steps (tracing the train step and the sampling loops
 # would cost more than running them; the traced path is tested where it matters: the
-# SIGKILL resume, the notebooks, the XLA sampler). One copy, the kill benchmark's.
+# SIGKILL resume, the fits on shapes, the XLA sampler). One copy, the kill benchmark's.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 from kills import eager_functions  # noqa: E402,F401
 
 
-def tiny_network(image_shape=(32, 32, 3)):
+def tiny_network(image_shape=(32, 32, 3), num_classes=None):
     """A two-layer noise predictor on `[x_t, t / T]`: a 3x3 convolution plus a term in t.
 
-    For tests of `DiffusionModel`'s plumbing (fit, checkpoints, failure handling)
-    whose property does not depend on the network: it builds, traces and trains in
-    a fraction of `NaiveUnet`'s time.
+    With `num_classes`, it also takes a label (`[x_t, t / T, label]`, label K being
+    "no class") and adds an embedding of it. For tests of `DiffusionModel`'s plumbing
+    (fit, labels, guidance, callbacks, checkpoints, failure handling) whose property
+    does not depend on the network: it builds, traces and trains in a fraction of
+    `NaiveUnet`'s time.
     """
     channels = image_shape[-1]
-    x_t, t = keras.Input(image_shape), keras.Input((1,))
-    time_term = keras.layers.Reshape((1, 1, channels))(keras.layers.Dense(channels)(t))
-    output = keras.layers.Add()([keras.layers.Conv2D(channels, 3, padding="same")(x_t), time_term])
-    return keras.Model([x_t, t], output)
-
-
-def tiny_conditional_network(image_shape=(32, 32, 3), num_classes=2):
-    """`tiny_network` with a class label: `[x_t, t / T, label]` (label K is "no class").
-
-    A 3x3 convolution of x_t plus a term in t and an embedding of the label, for
-    tests of conditional plumbing (labels, guidance, callbacks, saving) whose
-    property does not depend on the network.
-    """
-    channels = image_shape[-1]
-    x_t, t = keras.Input(image_shape), keras.Input((1,))
-    label = keras.Input((1,), dtype="int32")
-    time_term = keras.layers.Reshape((1, 1, channels))(keras.layers.Dense(channels)(t))
-    label_term = keras.layers.Reshape((1, 1, channels))(
-        keras.layers.Embedding(num_classes + 1, channels)(label)
-    )
-    output = keras.layers.Add()(
-        [keras.layers.Conv2D(channels, 3, padding="same")(x_t), time_term, label_term]
-    )
-    return keras.Model([x_t, t, label], output)
+    inputs = [keras.Input(image_shape), keras.Input((1,))]
+    terms = [keras.layers.Reshape((1, 1, channels))(keras.layers.Dense(channels)(inputs[1]))]
+    if num_classes is not None:
+        inputs.append(keras.Input((1,), dtype="int32"))
+        terms.append(keras.layers.Reshape((1, 1, channels))(
+            keras.layers.Embedding(num_classes + 1, channels)(inputs[2])
+        ))
+    convolution = keras.layers.Conv2D(channels, 3, padding="same")(inputs[0])
+    return keras.Model(inputs, keras.layers.Add()([convolution] + terms))

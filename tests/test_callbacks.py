@@ -4,7 +4,7 @@ import pytest
 import keras
 from keras import ops
 
-from helpers import tiny_conditional_network, two_colour_data
+from helpers import tiny_network, two_colour_data
 from keras_ddpm import DiffusionModel
 from keras_ddpm.callbacks import SampleGrid
 
@@ -14,7 +14,7 @@ SHAPE = (32, 32, 3)
 def fit_with_grids(tmp_path, epochs, optimizer, extra_callbacks=(), **grid_kwargs):
     # The callbacks are the property: a tiny network traces and trains in a fraction
     # of NaiveUnet's time.
-    network = tiny_conditional_network(SHAPE, num_classes=2)
+    network = tiny_network(SHAPE, num_classes=2)
     model = DiffusionModel(network, T=20, num_classes=2, seed=0)
     model.compile(optimizer=optimizer)
     images, labels = two_colour_data(32)

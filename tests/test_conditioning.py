@@ -4,7 +4,7 @@ import pytest
 import keras
 from keras import ops
 
-from helpers import analytic_model, tiny_conditional_network, tiny_network, two_colour_data
+from helpers import analytic_model, tiny_network, two_colour_data
 from keras_ddpm import DiffusionModel, NaiveUnet, ddpm_schedule, targets
 
 SHAPE = (32, 32, 3)
@@ -14,7 +14,7 @@ def conditional_model(num_classes=3, **kwargs):
     """For the plumbing of labels and guidance: any conditional network will do, and the
     tiny one builds and traces in a fraction of `NaiveUnet`'s time (the conditional
     `NaiveUnet` itself is the first test's)."""
-    network = tiny_conditional_network(SHAPE, num_classes)
+    network = tiny_network(SHAPE, num_classes)
     return DiffusionModel(network, T=20, num_classes=num_classes, seed=3, **kwargs)
 
 
@@ -38,7 +38,7 @@ def test_network_and_num_classes_must_agree():
     with pytest.raises(ValueError, match="needs a network with 3 inputs"):
         DiffusionModel(tiny_network(SHAPE), num_classes=3)
     with pytest.raises(ValueError, match="needs a network with 2 inputs"):
-        DiffusionModel(tiny_conditional_network(SHAPE, 3))
+        DiffusionModel(tiny_network(SHAPE, num_classes=3))
     with pytest.raises(ValueError, match="cond_drop_prob must be in"):
         conditional_model(cond_drop_prob=1.0)
     with pytest.raises(ValueError, match="num_classes must be a positive integer"):
@@ -112,7 +112,7 @@ def test_guidance_with_the_exact_class_denoisers():
 
 
 def test_conditional_model_round_trips_through_keras_file(tmp_path):
-    network = tiny_conditional_network(SHAPE, num_classes=2)  # The model's file is the property.
+    network = tiny_network(SHAPE, num_classes=2)  # The model's file is the property.
     model = DiffusionModel(network, T=20, schedule="cosine", prediction="v", num_classes=2, seed=0)
     model.save(tmp_path / "cond.keras")
     loaded = keras.models.load_model(tmp_path / "cond.keras")

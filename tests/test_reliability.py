@@ -64,15 +64,6 @@ def resume_argv(folder, epochs=RESUME_EPOCHS):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_kill_run(tmp_path_factory):
-    """One run of `kills.ARGS` never killed (tf.functions eager, as in the runs killed)."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    with eager_functions():
-        kills.train(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory):
     """Kills a real `keras-ddpm train` process with SIGKILL after its first epoch, then
     reruns it (in this process). Traced `tf.function`s, as users run them (the kill
@@ -146,6 +137,15 @@ TEAR_POINTS = [
     ("model.keras", True, 2),  # The model written, not the history.
     ("history.json", True, 2),  # Everything written but the sample grid.
 ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_kill_run(tmp_path_factory):
+    """One run of `kills.ARGS` never killed (tf.functions eager, as in the chain)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with eager_functions():
+        kills.train(folder)
+    return folder
 
 
 @pytest.mark.slow
