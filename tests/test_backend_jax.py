@@ -201,13 +201,10 @@ if __name__ != "__main__":
     def jax_session(tmp_path_factory):
         out_dir = tmp_path_factory.mktemp("jax")
         env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
-        # Two CPU devices for the data-parallel check (the rest runs on the first).
-        # No LLVM optimisation of the compiled code: these tiny programs then
-        # compile several times faster (jax.random's alone, 2-6 s each otherwise)
-        # and still run in well under a second.
+        # Two CPU devices for the data-parallel check (the rest runs on the first);
+        # conftest.py's XLA_FLAGS (cheaper compilation) are kept.
         env["XLA_FLAGS"] = " ".join(filter(None, [
             env.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=2",
-            "--xla_backend_optimization_level=0",
         ]))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         result = subprocess.run(
