@@ -282,10 +282,12 @@ class ReverseProcess:
         key = (sampler, resample)
         if key not in self._loops:
             tables = {k: ops.convert_to_tensor(v) for k, v in self.schedule.items()}
+            # One trace for every chunk size and number of steps.
             self._loops[key] = compile_function(
                 self._segment_function(sampler, resample, tables),
                 self.jit_compile,
                 variables=self.variables,
+                any_leading_size=True,
             )
         return self._loops[key]
 

@@ -252,7 +252,7 @@ def stateless_normal(shape, seed, dtype="float32"):
     )
 
 
-def compile_function(fn, jit_compile=False, variables=()):
+def compile_function(fn, jit_compile=False, variables=(), any_leading_size=False):
     """Compile `fn` for the active backend (`tf.function`, `jax.jit`, or as is).
 
     TensorFlow: a `tf.function`, compiled with XLA when `jit_compile` is
@@ -264,10 +264,19 @@ def compile_function(fn, jit_compile=False, variables=()):
     constants). Python values `fn` depends on (strings, flags) belong in its
     closure: one compiled function per setting. Other backends: `fn` itself.
 
+    `any_leading_size=True` (TensorFlow): the first call traces `fn` for any
+    size of the first dimension of each tensor argument of rank >= 1 (a batch,
+    a number of steps), so calls at other sizes reuse that trace. Without it
+    TensorFlow traces again at the second size (and then for any size): the
+    same trace, made twice.
+
     Args:
         fn: callable of tensors (nested lists and dicts of tensors too).
         jit_compile: bool. TensorFlow only: compile with XLA.
         variables: list of `keras.Variable`. The variables `fn` reads.
+        any_leading_size: bool. TensorFlow only: one trace for any first
+            dimension (`fn` must not need its arguments' first sizes as
+            Python numbers).
 
     Returns:
         A callable with the signature of `fn`.
@@ -280,15 +289,32 @@ def compile_function(fn, jit_compile=False, variables=()):
     >>> times = compile_function(lambda x: x * scale, variables=[scale])
     >>> float(times(keras.ops.array(2.0)))
     6.0
+    >>> total = compile_function(keras.ops.sum, any_leading_size=True)
+    >>> int(total(keras.ops.ones(3))), int(total(keras.ops.ones(5)))
+    (3, 5)
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
         # The loops are explicit (ops.fori_loop): no AutoGraph conversion needed.
-        return tf.function(
+        function = tf.function(
             fn, jit_compile=bool(jit_compile), reduce_retracing=True, autograph=False
         )
+        if not any_leading_size:
+            return function
+
+        def any_size(value):
+            if not tf.is_tensor(value) or value.shape.rank in (None, 0):
+                return value
+            return tf.TensorSpec([None] + value.shape.as_list()[1:], value.dtype)
+
+        def call(*args):
+            if function.experimental_get_tracing_count() == 0:
+                function.get_concrete_function(*tf.nest.map_structure(any_size, args))
+            return function(*args)
+
+        return call
     if backend == "jax":
         import jax
 

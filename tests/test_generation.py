@@ -97,6 +97,30 @@ def test_the_compiled_loop_is_cached_by_sampler_object():
     assert process.loop(sampling.EulerSampler()) is not process.loop(sampling.EulerSampler(), 2)
 
 
+def test_one_trace_serves_every_chunk_size_and_number_of_steps():
+    """The loop is traced once (the denoiser's Python code runs once per trace), then
+    runs at other batch sizes, chunk sizes and step counts with the same images as a
+    process that traces afresh for each of them."""
+    traces = []
+
+    def denoise(x_t, t):
+        traces.append(tuple(x_t.shape))
+        return 0.3 * x_t * (1.0 + ops.reshape(ops.cast(t, x_t.dtype) / 10, (-1, 1, 1, 1)))
+
+    def run(process, n, steps, batch_size=None):
+        sampler = sampling.DDIMSampler(0.5)
+        plan = generation.make_plan(sampler, process.schedule, steps)
+        return process.run(n, sampler, plan, seed=3, batch_size=batch_size)
+
+    process = generation.ReverseProcess(denoise, SHAPE, ddpm_schedule(T=10))
+    calls = [(2, 5, None), (3, 5, None), (2, 10, None), (5, 7, 2)]  # the last: chunks 2, 2, 1
+    images = [run(process, *call) for call in calls]
+    assert len(traces) == 1 and traces[0][0] is None, traces
+    for call, got in zip(calls, images):
+        fresh = generation.ReverseProcess(denoise, SHAPE, ddpm_schedule(T=10))
+        np.testing.assert_array_equal(got, run(fresh, *call))
+
+
 def test_seed_layout():
     """x_T of chunk c comes from (seed, c (S + 1)); step i's k-th draw from (seed + k, c (S + 1) + 1 + i)."""
     sched = ddpm_schedule(T=10)
