@@ -139,11 +139,15 @@ def _eager_functions():
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """Trains once with TINY_TRAIN_ARGS; returns (output directory, printed text)."""
+    """Trains once with TINY_TRAIN_ARGS; returns (output directory, printed text).
+
+    The epoch's grid and samples.png take 2 steps: at the defaults' 20 (T) each, their
+    eager network calls were 15 of the run's 21 s."""
     out_dir = tmp_path_factory.mktemp("run")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = cli.main(TINY_TRAIN_ARGS + ["--out", str(out_dir)])
+        status = cli.main(TINY_TRAIN_ARGS + ["--grid-steps", "2", "--sample-steps", "2",
+                                             "--out", str(out_dir)])
     assert status == 0
     return out_dir, printed.getvalue()
 
@@ -504,19 +508,20 @@ def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, cap
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
 
     out = tmp_path / "labels.png"
-    assert cli.main(["sample", str(out_dir / "model.keras"), "--n", "3", "--steps", "4",
+    # Few steps: each is two eager calls of the network (with and without the label).
+    assert cli.main(["sample", str(out_dir / "model.keras"), "--n", "3", "--steps", "2",
                      "--labels", "2", "--guidance-scale", "3", "--out", str(out),
                      "--npz", str(tmp_path / "s.npz")]) == 0
     saved = np.load(tmp_path / "s.npz")["images"]
     np.testing.assert_array_equal(
-        saved, model.sample(3, steps=4, seed=0, labels=2, guidance_scale=3.0)
+        saved, model.sample(3, steps=2, seed=0, labels=2, guidance_scale=3.0)
     )
     message = _run_error(["sample", str(out_dir / "model.keras"), "--labels", "3", "--steps", "4",
                          "--out", str(out)], capsys)
     assert "labels must be class ids in 0..2" in message
 
     metrics_path = tmp_path / "metrics.json"
-    assert cli.main(["evaluate", str(out_dir / "model.keras"), "--n", "8", "--steps", "3",
+    assert cli.main(["evaluate", str(out_dir / "model.keras"), "--n", "8", "--steps", "2",
                      "--out", str(metrics_path)]) == 0
     figures = json.loads(metrics_path.read_text())
     assert figures["n"] == 8 and figures["swd"] > 0 and "fid" not in figures
