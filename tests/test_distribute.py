@@ -18,8 +18,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Trains one step on one global batch of 8 images, on 2 replicas and on one device,
 # from the same weights and with the same draws for each image; prints the results.
+# The network is tests/helpers.py's tiny one: the property is how the strategy splits
+# the batch and sums the gradients, and the lecture's network took 4x as long to trace.
 MIRRORED_SCRIPT = r"""
 import json
+import sys
 import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
@@ -28,7 +31,10 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 import numpy as np
 from keras import ops
-from keras_ddpm import DiffusionModel, NaiveUnet
+from keras_ddpm import DiffusionModel
+
+sys.path.insert(0, "tests")
+from helpers import tiny_network
 
 T = 10
 images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
@@ -52,7 +58,7 @@ class FixedDraws(DiffusionModel):
 def one_step(strategy):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = FixedDraws(NaiveUnet((32, 32, 3), n_feat=8), T=T, seed=0)
+        model = FixedDraws(tiny_network((32, 32, 3)), T=T, seed=0)
         model.compile(optimizer=keras.optimizers.SGD(0.5))
     before = [v.numpy() for v in model.network.trainable_variables]
     loss = model.fit(images, batch_size=8, epochs=1, shuffle=False, verbose=0).history["loss"][0]
@@ -67,7 +73,7 @@ update_1, update_2 = (np.concatenate([u.ravel() for u in updates]) for updates i
 
 # The model's own draws, on each replica (no training step needed).
 with mirrored.scope():
-    model = DiffusionModel(NaiveUnet((32, 32, 3), n_feat=8), T=T, seed=0)
+    model = DiffusionModel(tiny_network((32, 32, 3)), T=T, seed=0)
 draw = tf.function(lambda: mirrored.run(model.training_draws, args=((4, 32, 32, 3),)))
 (t_a, t_b), (noise_a, noise_b) = [mirrored.experimental_local_results(v) for v in draw()]
 later_noise_a = mirrored.experimental_local_results(draw()[1])[0]
