@@ -34,14 +34,14 @@ def _fixed_keras_seed():
 
 
 # The test files that take longest (seconds of one worker in a full run on 2 cores,
-# 2026-11-26: 137, 133, 107, 89, 67, 58, 53, 33; all others 22 or less), heaviest
-# first. The suite hands whole files to the workers (`--dist loadfile`) in collection
+# 2026-11-26, 321 s in all: 101, 83, 78, 57, 54, 43, 39, 36; all others 20 or less),
+# heaviest first. The suite hands whole files to the workers (`--dist loadfile`) in collection
 # order (`--no-loadscope-reorder`, pyproject.toml): the long files start first and the
 # short ones fill the end, so both workers finish together. xdist's own order (most
 # tests first) left the JAX and benchmark files, few tests but long ones, for last.
 LONGEST_FILES = (
-    "test_notebooks.py", "test_reliability.py", "test_backend_jax.py", "test_cli.py",
-    "test_benchmarks.py", "test_quality.py", "test_distribute.py", "test_precision.py",
+    "test_notebooks.py", "test_reliability.py", "test_cli.py", "test_benchmarks.py",
+    "test_backend_jax.py", "test_quality.py", "test_precision.py", "test_distribute.py",
 )
 
 
