@@ -312,10 +312,12 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def bench_training(size, n_feat, batch, steps, warmup_steps, precision=FLOAT32,
-                   jit_compile="auto"):
-    """Images/s of `fit` on in-memory random images, after a warm-up `fit` call."""
+                   jit_compile="auto", run_eagerly=False):
+    """Images/s of `fit` on in-memory random images, after a warm-up `fit` call
+    (`run_eagerly`: for smoke tests, whose few steps cost less than tracing them)."""
     model = build_model(size, n_feat, precision)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile,
+                  run_eagerly=run_eagerly)
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (batch * steps, size, size, 3)).astype("float32")
     start = time.perf_counter()

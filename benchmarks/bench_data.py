@@ -67,7 +67,8 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="tiny settings, < 60 s")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings and eager training (a smoke test; not figures)")
     parser.add_argument("--batch", type=int, default=64,
                         help="batch of the pipeline and of training")
     parser.add_argument("--n-feat", type=int, default=64, help="NaiveUnet width")
@@ -88,7 +89,7 @@ def parse_args(argv=None):
         args.mock_examples = 128
         args.folder_images = 16
         args.cached_seconds = 0.2
-        args.train_steps = [2]
+        args.train_steps = [1]
         args.warmup_steps = 1
     return args
 
@@ -224,7 +225,7 @@ def main(argv=None):
         log(f"training {size}x{size}, n_feat {args.n_feat}, batch {args.batch}, "
             f"{steps} timed steps")
         training[size] = bench_training(size, args.n_feat, args.batch, steps,
-                                        args.warmup_steps)
+                                        args.warmup_steps, run_eagerly=args.quick)
         training[size]["steps"] = steps
 
     finish_info(info, start, cpu_start)

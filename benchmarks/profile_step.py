@@ -46,10 +46,13 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per row and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="tiny network, 1 round")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny network, 1 round, run eagerly (a smoke test: tracing the "
+                        "50 functions would cost more than running them twice)")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_feat, args.batch, args.repeats, args.rounds = 8, 4, 2, 1
+    args.eager = args.quick
     return args
 
 
@@ -62,8 +65,9 @@ LEAF_CLASSES = (
 )
 
 
-def keras_timer(function, shapes, variables):
-    """Seconds per forward and backward (gradients of the input and `variables`) of `function`."""
+def keras_timer(function, shapes, variables, eager=False):
+    """Seconds per forward and backward (gradients of the input and `variables`) of `function`,
+    compiled as one `tf.function` (run eagerly with `eager`)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -73,13 +77,13 @@ def keras_timer(function, shapes, variables):
 
     inputs = random(shapes)
 
-    @tf.function
     def step(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = function(x)
         return tape.gradient(y, [x, variables], output_gradients=tf.ones_like(y))
 
+    step = step if eager else tf.function(step)
     step(inputs)  # Traces.
 
     def run(repeats):
@@ -145,10 +149,11 @@ def build_rows(args):
     for layer, shape, _ in records:
         module = torch_module(layer) if torch is not None else None
         torch_run = torch_timer(module, shape) if module is not None else None
-        rows[type(layer).__name__].append((keras_timer(layer, shape, layer.trainable_variables), torch_run))
+        keras_run = keras_timer(layer, shape, layer.trainable_variables, args.eager)
+        rows[type(layer).__name__].append((keras_run, torch_run))
     rows["(whole network, forward + backward)"] = [
         (keras_timer(lambda inputs: network([inputs, t]), tuple(x.shape),
-                     network.trainable_variables), None)]
+                     network.trainable_variables, args.eager), None)]
     rows["(whole training step: fit)"] = [(train_step_timer(args), None)]
     return rows
 
@@ -156,7 +161,7 @@ def build_rows(args):
 def train_step_timer(args):
     """Seconds per `DiffusionModel` training step (`fit` on `--repeats` batches)."""
     model = bench_core.build_model(args.size, args.n_feat, "float32")
-    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), run_eagerly=args.eager)
     images = np.random.default_rng(0).uniform(
         -1, 1, (args.batch * args.repeats, args.size, args.size, 3)).astype("float32")
     model.fit(images[: args.batch], batch_size=args.batch, verbose=0)  # Traces.

@@ -64,6 +64,9 @@ def parse_args(argv=None):
     parser.add_argument("--time-steps", type=int, default=None, metavar="N",
                         help="only time N training steps per row (images/s) and stop")
     parser.add_argument("--out-dir", default="runs/sweep", help="where the .npz files go")
+    parser.add_argument("--quick", action="store_true",
+                        help="train with tf.functions run eagerly: a smoke test, whose few "
+                        "steps cost less than tracing them")
     return parser.parse_args(argv)
 
 
@@ -84,13 +87,14 @@ def row_arguments(text):
     return name.strip(), cli.build_parser().parse_args(argv)
 
 
-def trained_model(args, images, steps=None):
-    """The row's model, compiled with its optimizer and fitted (`steps` steps, or --epochs)."""
+def trained_model(args, images, steps=None, eager=False):
+    """The row's model, compiled with its optimizer (run eagerly with `eager`) and fitted
+    (`steps` steps, or --epochs)."""
     keras.utils.set_random_seed(args.seed)
     images = images[: args.num_examples]  # --num-examples: the first N, as load_dataset
     model = recipe.new_model(args, IMAGE_SHAPE, None)
     steps_per_epoch = len(images) // args.batch_size
-    model.compile(optimizer=recipe.make_optimizer(args, steps_per_epoch))
+    model.compile(optimizer=recipe.make_optimizer(args, steps_per_epoch), run_eagerly=eager)
     x = images.astype("float32") / 127.5 - 1.0
     if steps is not None:
         return model, model.fit(x[: steps * args.batch_size], batch_size=args.batch_size,
@@ -135,7 +139,7 @@ def sweep(options, images, out_dir):
     for text in options.row:
         name, args = row_arguments(text)
         start = time.perf_counter()
-        model, history = trained_model(args, images)
+        model, history = trained_model(args, images, eager=options.quick)
         train_s = time.perf_counter() - start
         samples, sample_s = sample_row(model, options)
         np.savez_compressed(out_dir / f"{name}.npz", **samples)

