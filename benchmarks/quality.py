@@ -53,13 +53,17 @@ import shapes_judge  # noqa: E402
 
 # Training configurations: `keras-ddpm train` arguments on top of the CLI defaults.
 ROWS = {
-    "naive": ["--network", "naive", "--ema", "none"],  # The lecture's NaiveUnet, no EMA.
-    "naive-ema": ["--network", "naive"],
-    "unet": [],  # The CLI default: keras_ddpm.Unet with the recipe (EMA included).
+    # The lecture's NaiveUnet, unconditional as in the lecture, without and with the EMA.
+    "naive": ["--network", "naive", "--ema", "none", "--unconditional"],
+    "naive-ema": ["--network", "naive", "--unconditional"],
+    # The CLI default: keras_ddpm.Unet with the recipe (EMA included), conditional on
+    # the shapes' classes, sampled with classifier-free guidance (--guidance-scales).
+    "unet": [],
+    "unet-uncond": ["--unconditional"],
     "unet-noema": ["--ema", "none"],
 }
 # Rows that need `keras_ddpm.Unet` (issue 12); skipped with a message without it.
-UNET_ROWS = ("unet", "unet-noema")
+UNET_ROWS = ("unet", "unet-uncond", "unet-noema")
 
 # Keep the CLI's own outputs (grids during training, the final samples.png) cheap.
 CLI_OUTPUT_ARGS = ["--n-samples", "4", "--sample-steps", "10", "--grid-steps", "5"]
@@ -68,7 +72,7 @@ QUICK = dict(
     n=32,
     rows=["naive"],
     samplers=["ddpm", "ddim:5"],
-    train_args=["--epochs", "1", "--num-examples", "64", "--T", "20", "--n-feat", "8"],
+    train_args=["--epochs", "1", "--num-examples", "32", "--T", "20", "--n-feat", "8"],  # one step
     judge=shapes_judge.JudgeSettings(num_images=1500, epochs=3, batch_size=32, reference_size=400),
 )
 
@@ -79,6 +83,9 @@ SAMPLE_BATCH = 100
 SCALE = 4  # Enlargement of the PNG grids (nearest neighbour).
 GRID_IMAGES = 64
 
+
+# The guidance scale of a conditional model's rows: the CLI's `sample` default.
+GUIDANCE_SCALE = 2.0
 
 # Fast solvers sampled by default where `model.sample` knows them (issue 13); any
 # other sampler name runs when asked for with --samplers NAME:STEPS.
@@ -113,6 +120,10 @@ def parse_args(argv=None):
     parser.add_argument("--samplers", nargs="+", default=None, metavar="NAME[:STEPS]",
                         help="samplers per row: ddpm (all T), ddim:50, dpm++:20, ... "
                         f"(default: {' '.join(default_samplers())})")
+    parser.add_argument("--guidance-scales", nargs="+", type=float, default=[GUIDANCE_SCALE],
+                        metavar="W", help="a class-conditional model (keras-ddpm train "
+                        "--conditional) samples random labels with each of these classifier-free "
+                        f"guidance scales (default: {GUIDANCE_SCALE}; 1 is plain conditional)")
     parser.add_argument("--n", type=int, default=500, help="samples per row (and real images)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training budget of every row (default: keras-ddpm train's)")
@@ -212,6 +223,18 @@ def save_comparison(samples, real, path):
     Image.fromarray(both).save(path)
 
 
+def sampling_conditions(model, args):
+    """`(suffix, sample options)` per guidance scale: one unconditional entry for
+    an unconditional model; for a conditional one, every class in equal numbers in a
+    seeded random order (as `shapes` draws its labels) with each `--guidance-scales`."""
+    if model.num_classes is None:
+        return [("", {})]
+    rng = np.random.default_rng(args.seed)
+    labels = rng.permutation(np.arange(args.n) % model.num_classes)
+    return [(f" w{scale:g}", {"labels": labels, "guidance_scale": scale})
+            for scale in args.guidance_scales]
+
+
 def score_model(trained, args, judge, reference, real):
     """Samples `trained`'s model with every sampler; returns one result dict per sampler."""
     model = keras.models.load_model(trained.model_path)
@@ -220,25 +243,26 @@ def score_model(trained, args, judge, reference, real):
     results = []
     for text in args.samplers:
         name, steps = parse_sampler(text, model.T)
-        label = f"{name}-{steps}"
-        row = {"row": trained.name, "training": trained.description, "sampler": label,
-               "n": args.n, "train_seconds": trained.train_seconds}
-        if name not in known_samplers():
-            results.append({**row, "skipped": f"model.sample has no sampler {name!r}"})
-            continue
-        log(f"{trained.name} {label}: estimated {step * steps * -(-args.n // batch):.0f} s "
-            f"({step * 1000:.0f} ms per reverse step at batch {batch})")
-        start = time.perf_counter()
-        samples = model.sample(args.n, steps=steps, sampler=name, seed=args.seed + 1,
-                               batch_size=batch, verbose=0)
-        row["sample_seconds"] = time.perf_counter() - start
-        row.update(judge.score(samples, **reference))
-        png = pathlib.Path(args.out_dir) / f"{trained.name}_{label}.png"
-        save_comparison(samples, real, png)
-        row["grid"] = str(png)
-        results.append(row)
-        log(f"{trained.name} {label}: valid {row['valid_rate']:.3f}, Fréchet ratio "
-            f"{row['frechet_ratio']:.2f}, {row['sample_seconds']:.0f} s; grid {png}")
+        for suffix, options in sampling_conditions(model, args):
+            label = f"{name}-{steps}{suffix}"
+            row = {"row": trained.name, "training": trained.description, "sampler": label,
+                   "n": args.n, "train_seconds": trained.train_seconds}
+            if name not in known_samplers():
+                results.append({**row, "skipped": f"model.sample has no sampler {name!r}"})
+                continue
+            log(f"{trained.name} {label}: estimated {step * steps * -(-args.n // batch):.0f} s "
+                f"({step * 1000:.0f} ms per reverse step at batch {batch}, unguided)")
+            start = time.perf_counter()
+            samples = model.sample(args.n, steps=steps, sampler=name, seed=args.seed + 1,
+                                   batch_size=batch, verbose=0, **options)
+            row["sample_seconds"] = time.perf_counter() - start
+            row.update(judge.score(samples, **reference))
+            png = pathlib.Path(args.out_dir) / f"{trained.name}_{label.replace(' ', '_')}.png"
+            save_comparison(samples, real, png)
+            row["grid"] = str(png)
+            results.append(row)
+            log(f"{trained.name} {label}: valid {row['valid_rate']:.3f}, Fréchet ratio "
+                f"{row['frechet_ratio']:.2f}, {row['sample_seconds']:.0f} s; grid {png}")
     return results
 
 

@@ -32,6 +32,7 @@ TRAIN_OPTIONS = (
     "--schedule",
     "--prediction",
     "--conditional",
+    "--unconditional",
     "--cond-drop-prob",
     "--n-feat",
     "--time-embedding",
@@ -79,6 +80,7 @@ SAMPLE_OPTIONS = (
     "--jit-compile",
     "--no-jit-compile",
     "--labels",
+    "--unconditional",
     "--guidance-scale",
     "--sampler",
     "--spacing",
@@ -106,9 +108,11 @@ EVALUATE_OPTIONS = (
     "--out",
 )
 
-# Tiny training run: 2 steps of 8 images, T = 20, the lecture's network.
+# Tiny training run: 2 steps of 8 images, T = 20, the lecture's network, unconditional
+# (the default on shapes is conditional: tested below).
 TINY_TRAIN_ARGS = [
     "train",
+    "--unconditional",
     "--network",
     "naive",
     "--num-examples",
@@ -389,7 +393,7 @@ def test_sample_bare_network_file(tmp_path, capsys):
         (["--frames", "1000,x"], ["--frames", "timesteps"]),
         (["--frames", "50,0", "--steps", "5"], ["--frames must be", "0..20"]),
         (["--out", "grid.jpg"], ["--out", ".png"]),
-        (["--guidance-scale", "2"], ["--guidance-scale needs", "--labels"]),
+        (["--guidance-scale", "2", "--unconditional"], ["--guidance-scale needs", "--labels"]),
         (["--sampler", "dpm++", "--eta", "0.5"], ["--eta applies to the DDIM sampler only"]),
     ],
     ids=["steps-zero", "steps-above-T", "bad-frames", "frames-above-T", "out-not-png",
@@ -492,8 +496,9 @@ def test_command_help_lists_every_option(command, expected, capsys):
 
 def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, capsys):
     out_dir = tmp_path / "cond"
-    args = TINY_TRAIN_ARGS + [
-        "--conditional", "--prediction", "v", "--ema", "0.9", "--epochs", "2",
+    # Conditional by default on a dataset with classes: TINY_TRAIN_ARGS without --unconditional.
+    args = [arg for arg in TINY_TRAIN_ARGS if arg != "--unconditional"] + [
+        "--prediction", "v", "--ema", "0.9", "--epochs", "2",
         "--num-examples", "8",  # One step per epoch: the outputs are the property.
         "--grid-steps", "2", "--sample-steps", "2", "--log-dir", str(tmp_path / "logs"),
         "--out", str(out_dir),
@@ -519,6 +524,15 @@ def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, cap
     message = _run_error(["sample", str(out_dir / "model.keras"), "--labels", "3", "--steps", "4",
                          "--out", str(out)], capsys)
     assert "labels must be class ids in 0..2" in message
+    # Without --labels: the classes in turn at the default guidance 2; --unconditional: none.
+    written = []
+    for extra, expected in (([], dict(labels=[0, 1, 2, 0], guidance_scale=2.0)),
+                            (["--unconditional"], {})):
+        assert cli.main(["sample", str(out_dir / "model.keras"), "--n", "4", "--steps", "2",
+                         "--out", str(out), "--npz", str(tmp_path / "s.npz"), *extra]) == 0
+        written.append(np.load(tmp_path / "s.npz")["images"])
+        np.testing.assert_array_equal(written[-1], model.sample(4, steps=2, seed=0, **expected))
+    assert np.abs(written[0] - written[1]).max() > 1e-3  # The labels change the images.
 
     metrics_path = tmp_path / "metrics.json"
     assert cli.main(["evaluate", str(out_dir / "model.keras"), "--n", "8", "--steps", "2",

@@ -164,6 +164,7 @@ def test_multiworker_cli_trains_one_epoch_on_two_processes(tmp_path):
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
         assert "on 2 replicas (multiworker strategy)" in output
+        assert "conditional" not in output  # The default on shapes, but not here (below).
     # The chief (worker 0) writes the outputs; worker 1 writes nothing.
     history = json.loads((tmp_path / "out0" / "history.json").read_text())
     assert len(history["loss"]) == 1 and 0 < history["loss"][0] < 10
@@ -229,3 +230,20 @@ def test_a_global_batch_must_split_evenly_over_the_devices():
     with pytest.raises(ValueError, match="--batch-size 7 does not split evenly over 2 devices: "
                        "use a multiple of 2"):
         distribute.check_global_batch(7, two_devices, option="--batch-size")
+
+
+def test_a_conditional_model_under_tensorflows_multiworker_strategy_is_refused_at_once(
+    tmp_path, capsys
+):
+    """Keras' multi-worker `fit` fails on (images, labels) batches: the default turns
+    unconditional there (the test above), and --conditional is a one-line error before
+    any cluster is set up (no TF_CONFIG needed)."""
+    from keras_ddpm import cli
+
+    argv = ["train", "--strategy", "multiworker", "--conditional", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert "--conditional cannot train under --strategy multiworker" in line
+    assert "--unconditional" in line and "\n" not in line

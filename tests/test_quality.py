@@ -129,3 +129,20 @@ def test_samples_option_scores_every_image_array_of_an_npz(quick_cache, tmp_path
     assert float(rows["ddim-50"][3]) > 0.25 > 0.05 > float(rows["noise"][3])
     assert float(rows["ddim-50"][6]) < 3 < 20 < float(rows["noise"][6])  # Fréchet / floor
     assert (tmp_path / "out" / "made_noise.png").is_file()
+
+
+def test_a_conditional_model_is_sampled_with_random_labels_at_each_guidance_scale():
+    class Model:  # What sampling_conditions reads of a DiffusionModel.
+        num_classes = None
+
+    args = quality.parse_args(["--guidance-scales", "1", "2.5", "--n", "300"])
+    assert quality.sampling_conditions(Model(), args) == [("", {})]
+    Model.num_classes = 3
+    conditions = quality.sampling_conditions(Model(), args)
+    assert [suffix for suffix, _ in conditions] == [" w1", " w2.5"]
+    assert [options["guidance_scale"] for _, options in conditions] == [1.0, 2.5]
+    labels = conditions[0][1]["labels"]
+    assert labels.shape == (300,) and set(labels.tolist()) == {0, 1, 2}
+    assert np.array_equal(labels, conditions[1][1]["labels"])  # the same labels at every scale
+    assert np.bincount(labels).tolist() == [100] * 3  # equal numbers, as in `shapes`
+    assert not np.array_equal(labels, np.sort(labels))  # in a random order

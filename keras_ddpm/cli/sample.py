@@ -107,7 +107,7 @@ def run(args):
         result = model.sample(
             args.n,
             frames=args.frames,
-            labels=sampling_labels(model, args.labels, args.n),
+            labels=sampling_labels(model, args.labels, args.n, args.unconditional),
             **sampling_kwargs(args),
         )
     except (ValueError, TypeError) as error:  # Named as options, not Python parameters.

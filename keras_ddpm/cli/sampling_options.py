@@ -91,13 +91,19 @@ def add_sampling_arguments(parser, labels=True):
         "trailing for ddim, logsnr for dpm++, karras for heun and euler)",
     )
     if labels:
-        group.add_argument(
+        which = group.add_mutually_exclusive_group()
+        which.add_argument(
             "--labels",
             metavar="ID,ID,...",
             type=common.integer_list("class ids like 0,1,2"),
             default=None,
             help="class ids of a conditional model's images: one id for all, or one per "
-            "image, repeated to fill --n (default: unconditional)",
+            "image, repeated to fill --n (default: the classes in turn, 0,1,2,...)",
+        )
+        which.add_argument(
+            "--unconditional",
+            action="store_true",
+            help="sample a conditional model without labels (its 'no class' output)",
         )
     group.add_argument(
         "--guidance-scale",
@@ -163,15 +169,32 @@ def in_option_names(message):
     return message
 
 
-def sampling_labels(model, labels, n):
-    """The --labels of a command, repeated to `n`, checked against the model.
+def classes_in_turn(model, n):
+    """Labels 0, 1, ..., k-1, 0, 1, ... for `n` images of a conditional model with k
+    classes (None for an unconditional model): what `train`'s grids and `sample` draw.
 
     Example:
-    >>> sampling_labels(None, None, 4) is None
+    >>> class Model:
+    ...     num_classes = 3
+    >>> classes_in_turn(Model(), 5)
+    [0, 1, 2, 0, 1]
+    """
+    if model.num_classes is None:
+        return None
+    return [i % model.num_classes for i in range(n)]
+
+
+def sampling_labels(model, labels, n, unconditional=False):
+    """The labels of `sample`'s `n` images: --labels repeated to `n` and checked
+    against the model; without them, a conditional model's classes in turn (None
+    with --unconditional, and for an unconditional model).
+
+    Example:
+    >>> sampling_labels(None, None, 4, unconditional=True) is None
     True
     """
     if labels is None:
-        return None
+        return None if unconditional else classes_in_turn(model, n)
     if model.num_classes is None:
         raise common.CommandError(
             "--labels needs a class-conditional model (trained with --conditional); this one "

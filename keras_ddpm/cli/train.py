@@ -17,6 +17,7 @@ import os
 import pathlib
 
 from keras_ddpm.cli import common, recipe
+from keras_ddpm.cli.sampling_options import classes_in_turn
 
 LOCK_NAME = ".keras-ddpm.lock"
 
@@ -128,18 +129,29 @@ def _add_diffusion_arguments(train):
         default=recipe.DEFAULTS["prediction"],
         help="what the network predicts: the noise (the lecture's), v or the clean image",
     )
-    diffusion.add_argument(
+    conditioning = diffusion.add_mutually_exclusive_group()
+    conditioning.add_argument(
         "--conditional",
-        action="store_true",
+        action="store_const",
+        const=True,
+        default=None,
         help="train a class-conditional model on the dataset's labels, for classifier-free "
-        "guidance when sampling (--labels, --guidance-scale) (default: unconditional)",
+        "guidance when sampling (--labels, --guidance-scale) (default: conditional when the "
+        "dataset has two classes or more, as shapes and cifar10 have)",
+    )
+    conditioning.add_argument(
+        "--unconditional",
+        dest="conditional",
+        action="store_const",
+        const=False,
+        help="train without the labels, even on a dataset that has classes",
     )
     diffusion.add_argument(
         "--cond-drop-prob",
         metavar="P",
         type=common.probability,
         default=0.1,
-        help="with --conditional: probability of training without the label",
+        help="of a conditional model: probability of hiding an image's label in training",
     )
 
 
@@ -339,7 +351,7 @@ def _train(args, out_dir, checkpoint_dir):
     from keras_ddpm import data, distribute
 
     image_shape = data.dataset_image_shape(args.dataset, image_size=args.image_size)
-    num_classes = len(data.dataset_class_names(args.dataset)) if args.conditional else None
+    num_classes = _num_classes(args, data.dataset_class_names(args.dataset), keras.backend.backend())
     # Before any other TensorFlow operation (a multi-worker strategy must come first).
     strategy = distribute.make_strategy(args.strategy)
     distribute.check_global_batch(args.batch_size, strategy, option="--batch-size")
@@ -399,7 +411,7 @@ def _write_outputs(args, model, history, out_dir):
     print(f"Sampling {args.n_samples} images ...", flush=True)
     images = model.sample(
         args.n_samples, steps=args.sample_steps, seed=args.seed, clip_x0=args.clip_x0,
-        labels=_grid_labels(model, args.n_samples),
+        labels=classes_in_turn(model, args.n_samples),
     )
     plotting.save_image_grid(images, paths["samples"])
     for name, path in paths.items():
@@ -422,6 +434,32 @@ def _save_or_rescue(model, path):
             f"could not write {str(path)!r} ({common.one_line(error)}); the trained model "
             f"was saved to {str(rescue)!r} instead"
         ) from error
+
+
+def _num_classes(args, class_names, backend="tensorflow"):
+    """The classes of the model to train: all the dataset's with --conditional, None
+    with --unconditional; by default all of them when there are two or more, except
+    under TensorFlow's multi-worker strategy, whose `fit` cannot take labelled
+    batches (Keras 3.15 averages the first batch across workers to build the model,
+    and that reduction fails on an (images, labels) pair).
+
+    Example:
+    >>> import argparse
+    >>> options = argparse.Namespace(conditional=None, strategy="default")
+    >>> _num_classes(options, ("disc", "square", "triangle")), _num_classes(options, ("cat",))
+    (3, None)
+    """
+    multiworker = args.strategy == "multiworker" and backend == "tensorflow"
+    if args.conditional and multiworker:
+        raise common.CommandError(
+            "--conditional cannot train under --strategy multiworker on TensorFlow (Keras' "
+            "multi-worker fit fails on labelled batches); pass --unconditional, or use "
+            "--strategy mirrored or the JAX backend"
+        )
+    conditional = args.conditional
+    if conditional is None:
+        conditional = len(class_names) > 1 and not multiworker
+    return len(class_names) if conditional else None
 
 
 def _build_model(args, image_shape, num_classes):
@@ -467,12 +505,6 @@ def _summary(args, model, image_shape, strategy):
         f"{policy}, XLA {'on' if model.jit_compile else 'off'}){devices}."
     )
 
-
-def _grid_labels(model, n):
-    """Labels of the sample grids: the classes in turn (None for unconditional models)."""
-    if model.num_classes is None:
-        return None
-    return [i % model.num_classes for i in range(n)]
 
 
 @contextlib.contextmanager
@@ -525,7 +557,7 @@ def _train_callbacks(args, model, out_dir):
             seed=args.seed,
             directory=out_dir / "grids",
             log_dir=args.log_dir,
-            labels=_grid_labels(model, args.n_samples),
+            labels=classes_in_turn(model, args.n_samples),
         )
     )
     return callbacks
