@@ -190,8 +190,12 @@ def sampling_labels(model, labels, n, unconditional=False):
     with --unconditional, and for an unconditional model).
 
     Example:
-    >>> sampling_labels(None, None, 4, unconditional=True) is None
-    True
+    >>> class Model:
+    ...     num_classes = 3
+    >>> sampling_labels(Model(), None, 4), sampling_labels(Model(), None, 4, unconditional=True)
+    ([0, 1, 2, 0], None)
+    >>> sampling_labels(Model(), [2], 3)
+    [2, 2, 2]
     """
     if labels is None:
         return None if unconditional else classes_in_turn(model, n)
