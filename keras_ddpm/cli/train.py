@@ -453,8 +453,7 @@ def _num_classes(args, class_names, backend="tensorflow"):
     if args.conditional and multiworker:
         raise common.CommandError(
             "--conditional cannot train under --strategy multiworker on TensorFlow (Keras' "
-            "multi-worker fit fails on labelled batches); pass --unconditional, or use "
-            "--strategy mirrored or the JAX backend"
+            "multi-worker fit fails on labelled batches); pass --unconditional"
         )
     conditional = args.conditional
     if conditional is None:
@@ -504,7 +503,6 @@ def _summary(args, model, image_shape, strategy):
         f"(T={model.T}, {model.schedule} schedule, lr={args.lr:g}{extras}, "
         f"{policy}, XLA {'on' if model.jit_compile else 'off'}){devices}."
     )
-
 
 
 @contextlib.contextmanager
