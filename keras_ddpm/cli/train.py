@@ -351,7 +351,8 @@ def _train(args, out_dir, checkpoint_dir):
     from keras_ddpm import data, distribute
 
     image_shape = data.dataset_image_shape(args.dataset, image_size=args.image_size)
-    num_classes = _num_classes(args, data.dataset_class_names(args.dataset), keras.backend.backend())
+    class_names = data.dataset_class_names(args.dataset)
+    num_classes = _num_classes(args, class_names, keras.backend.backend())
     # Before any other TensorFlow operation (a multi-worker strategy must come first).
     strategy = distribute.make_strategy(args.strategy)
     distribute.check_global_batch(args.batch_size, strategy, option="--batch-size")
