@@ -135,9 +135,9 @@ def parse_args(argv=None):
     parser.add_argument("--out-dir", default="runs/quality",
                         help="trained models, sample grids (PNG) and results.json")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny judge, training, n and T, and training with "
-                        "tf.functions run eagerly (2 steps cost less than tracing them): a "
-                        "smoke test of the script, its times are not figures")
+                        help="tiny judge, training, n and T, and training in this process "
+                        "with tf.functions run eagerly (a step costs less than a TensorFlow "
+                        "start and a trace): a smoke test of the script, not figures")
     args = parser.parse_args(argv)
     args.judge = QUICK["judge"] if args.quick else shapes_judge.JudgeSettings()
     args.train_args = QUICK["train_args"] if args.quick else []
@@ -181,20 +181,43 @@ def train_row(name, row_args, args):
     budget = ["--epochs", str(args.epochs)] if args.epochs else []
     argv = ["train", *CLI_OUTPUT_ARGS, *args.train_args, *budget, "--seed", str(args.seed),
             *row_args, "--out", str(out)]
-    code = "import sys; from keras_ddpm.cli import main; sys.exit(main(sys.argv[1:]))"
-    if args.quick:
-        code = "import tensorflow as tf; tf.config.run_functions_eagerly(True); " + code
     log(f"{name}: keras-ddpm {' '.join(argv)}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(out / "train.log", "w") as train_log:
-        result = subprocess.run([sys.executable, "-c", code, *argv], stdout=train_log,
-                                stderr=subprocess.STDOUT, text=True)
+        returncode = (train_quick if args.quick else train_in_subprocess)(argv, train_log)
     seconds = time.perf_counter() - start
-    if result.returncode != 0:
+    if returncode != 0:
         tail = (out / "train.log").read_text().strip().splitlines()[-1:]
         return Trained(name, description, skipped=f"training failed: {' '.join(tail)}")
     return Trained(name, " ".join([description, *budget]), out / "model.keras", seconds)
+
+
+def train_in_subprocess(argv, train_log):
+    """`keras-ddpm ARGV` in a fresh process (as a user runs it); returns its exit status."""
+    code = "import sys; from keras_ddpm.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *argv], stdout=train_log,
+                          stderr=subprocess.STDOUT).returncode
+
+
+def train_quick(argv, train_log):
+    """`keras-ddpm ARGV` in this process with its tf.functions run eagerly (--quick: a
+    step or two cost less than a TensorFlow start and a trace); returns its exit status."""
+    import contextlib
+
+    import tensorflow as tf
+
+    from keras_ddpm.cli import main
+
+    eager = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    try:
+        with contextlib.redirect_stdout(train_log), contextlib.redirect_stderr(train_log):
+            return main(argv)
+    except SystemExit as error:  # The CLI's one-line errors.
+        return error.code
+    finally:
+        tf.config.run_functions_eagerly(eager)
 
 
 # ------------------------------------------------------------------ sampling
