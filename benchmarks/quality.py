@@ -29,6 +29,7 @@ It writes a PNG per row (samples beside real images, 4x nearest-neighbour) and
 `results.json` to `--out-dir`, and prints one Markdown table last.
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -84,9 +85,6 @@ SCALE = 4  # Enlargement of the PNG grids (nearest neighbour).
 GRID_IMAGES = 64
 
 
-# The guidance scale of a conditional model's rows: the CLI's `sample` default.
-GUIDANCE_SCALE = 2.0
-
 # Fast solvers sampled by default where `model.sample` knows them (issue 13); any
 # other sampler name runs when asked for with --samplers NAME:STEPS.
 FAST_SAMPLERS = ("dpm++:20",)
@@ -120,10 +118,11 @@ def parse_args(argv=None):
     parser.add_argument("--samplers", nargs="+", default=None, metavar="NAME[:STEPS]",
                         help="samplers per row: ddpm (all T), ddim:50, dpm++:20, ... "
                         f"(default: {' '.join(default_samplers())})")
-    parser.add_argument("--guidance-scales", nargs="+", type=float, default=[GUIDANCE_SCALE],
-                        metavar="W", help="a class-conditional model (keras-ddpm train "
-                        "--conditional) samples random labels with each of these classifier-free "
-                        f"guidance scales (default: {GUIDANCE_SCALE}; 1 is plain conditional)")
+    parser.add_argument("--guidance-scales", nargs="+", type=float,
+                        default=[diffusion.DEFAULT_GUIDANCE_SCALE], metavar="W",
+                        help="a class-conditional model samples every class in equal numbers "
+                        "with each of these classifier-free guidance scales (default: the "
+                        f"library's {diffusion.DEFAULT_GUIDANCE_SCALE:g}; 1 is plain conditional)")
     parser.add_argument("--n", type=int, default=500, help="samples per row (and real images)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training budget of every row (default: keras-ddpm train's)")
@@ -203,8 +202,6 @@ def train_in_subprocess(argv, train_log):
 def train_quick(argv, train_log):
     """`keras-ddpm ARGV` in this process with its tf.functions run eagerly (--quick: a
     step or two cost less than a TensorFlow start and a trace); returns its exit status."""
-    import contextlib
-
     import tensorflow as tf
 
     from keras_ddpm.cli import main
@@ -266,13 +263,15 @@ def score_model(trained, args, judge, reference, real):
     results = []
     for text in args.samplers:
         name, steps = parse_sampler(text, model.T)
+        if name not in known_samplers():
+            results.append({"row": trained.name, "training": trained.description,
+                            "sampler": f"{name}-{steps}", "n": args.n,
+                            "skipped": f"model.sample has no sampler {name!r}"})
+            continue
         for suffix, options in sampling_conditions(model, args):
             label = f"{name}-{steps}{suffix}"
             row = {"row": trained.name, "training": trained.description, "sampler": label,
                    "n": args.n, "train_seconds": trained.train_seconds}
-            if name not in known_samplers():
-                results.append({**row, "skipped": f"model.sample has no sampler {name!r}"})
-                continue
             log(f"{trained.name} {label}: estimated {step * steps * -(-args.n // batch):.0f} s "
                 f"({step * 1000:.0f} ms per reverse step at batch {batch}, unguided)")
             start = time.perf_counter()

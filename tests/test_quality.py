@@ -130,7 +130,7 @@ def test_samples_option_scores_every_image_array_of_an_npz(quick_cache, tmp_path
     assert (tmp_path / "out" / "made_noise.png").is_file()
 
 
-def test_a_conditional_model_is_sampled_with_random_labels_at_each_guidance_scale():
+def test_a_conditional_model_is_sampled_with_every_class_at_each_guidance_scale():
     class Model:  # What sampling_conditions reads of a DiffusionModel.
         num_classes = None
 
