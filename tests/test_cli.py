@@ -531,6 +531,7 @@ def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, cap
     written = np.load(tmp_path / "s.npz")["images"]
     np.testing.assert_array_equal(
         written, model.sample(4, steps=2, seed=0, labels=[0, 1, 2, 0], guidance_scale=2.0))
+    # Measured: 2.0 (the whole range) on the AMD EPYC; the bound only says "they differ".
     assert np.abs(written - model.sample(4, steps=2, seed=0)).max() > 1e-3
 
     metrics_path = tmp_path / "metrics.json"
