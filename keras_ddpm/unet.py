@@ -201,6 +201,7 @@ def Unet(
     num_heads=1,
     dropout=0.0,
     num_classes=None,
+    patch_size=1,
     name="unet",
 ):
     """A modern noise-prediction U-Net (Ho et al. 2020; Nichol and Dhariwal 2021).
@@ -214,6 +215,12 @@ def Unet(
 
     Level `i` works at `1 / 2**i` of the input resolution with `widths[i]`
     channels, so height and width must be multiples of `2**(len(widths) - 1)`.
+    With `patch_size` p > 1 the network works on p x p patches: the image is
+    cut into them and each patch's pixels become channels (space-to-depth, as
+    in DiT and simple diffusion), and the output is put back together the same
+    way; every level then works at `1 / (p * 2**i)` of the input resolution,
+    and height and width must be multiples of `p * 2**(len(widths) - 1)`.
+    Patches of 2 make the network about 3x cheaper to train on a CPU.
 
     Same contract as `NaiveUnet`: inputs `[x_t, t]`, t in [0, 1] of shape
     `(batch, 1)`, plus `label` `(batch, 1)` when `num_classes` is set (ids
@@ -230,6 +237,8 @@ def Unet(
         dropout: float in [0, 1). Dropout in the residual blocks.
         num_classes: int or None. Number of classes of a class-conditional
             network; None for an unconditional one.
+        patch_size: int. Side of the square patches the network works on;
+            1 works on pixels.
         name: str. Name of the model.
 
     Returns:
@@ -240,13 +249,18 @@ def Unet(
     >>> x_t = keras.random.normal((2, 32, 32, 3))
     >>> net.predict([x_t, keras.ops.ones((2, 1)) * 0.5], verbose=0).shape
     (2, 32, 32, 3)
+    >>> patched = Unet((32, 32, 3), widths=(16, 32), patch_size=2)
+    >>> patched.get_layer("stem").input.shape  # 2x2 patches of 3 channels
+    (None, 16, 16, 12)
+    >>> patched.predict([x_t, keras.ops.ones((2, 1)) * 0.5], verbose=0).shape
+    (2, 32, 32, 3)
     """
     widths = tuple(widths)
     if attention_levels is None:
         attention_levels = (len(widths) - 1,)
     attention_levels = tuple(attention_levels)
     height, width, channels = _check_unet_settings(
-        input_shape, widths, blocks_per_level, attention_levels, num_classes
+        input_shape, widths, blocks_per_level, attention_levels, num_classes, patch_size
     )
     img_in = keras.Input(shape=(height, width, channels), name="x_t")
     t_in = keras.Input(shape=(1,), name="t")
@@ -265,7 +279,10 @@ def Unet(
             x = AttentionBlock(num_heads, name=f"{label}_attention")(x)
         return x
 
-    x = layers.Conv2D(widths[0], 3, padding="same", name="stem")(img_in)
+    x = img_in
+    if patch_size > 1:
+        x = _to_patches(x, patch_size)
+    x = layers.Conv2D(widths[0], 3, padding="same", name="stem")(x)
     skips = []
     for level in range(len(widths)):
         if level:
@@ -288,12 +305,35 @@ def Unet(
     x = layers.GroupNormalization(GROUPS, name="out_norm")(x)
     x = layers.Activation("silu", name="out_silu")(x)
     out = layers.Conv2D(
-        channels, 3, padding="same", kernel_initializer="zeros", name="out", dtype="float32"
+        channels * patch_size**2, 3, padding="same", kernel_initializer="zeros", name="out",
+        dtype="float32",
     )(x)
+    if patch_size > 1:
+        out = _from_patches(out, patch_size, channels)
     return keras.Model(inputs=inputs, outputs=out, name=name)
 
 
-def _check_unet_settings(input_shape, widths, blocks_per_level, attention_levels, num_classes):
+def _to_patches(images, patch):
+    """(B, H, W, C) -> (B, H/p, W/p, p*p*C): each p x p patch's pixels as channels."""
+    height, width, channels = images.shape[1:]
+    x = layers.Reshape((height // patch, patch, width // patch, patch, channels),
+                       name="patches_split")(images)
+    x = layers.Permute((1, 3, 2, 4, 5), name="patches_gather")(x)
+    return layers.Reshape((height // patch, width // patch, patch * patch * channels),
+                          name="patches")(x)
+
+
+def _from_patches(patches, patch, channels):
+    """The inverse of `_to_patches`, in float32 as the output convolution."""
+    height, width = patches.shape[1] * patch, patches.shape[2] * patch
+    x = layers.Reshape((height // patch, width // patch, patch, patch, channels),
+                       name="unpatches_split", dtype="float32")(patches)
+    x = layers.Permute((1, 3, 2, 4, 5), name="unpatches_gather", dtype="float32")(x)
+    return layers.Reshape((height, width, channels), name="unpatches", dtype="float32")(x)
+
+
+def _check_unet_settings(input_shape, widths, blocks_per_level, attention_levels, num_classes,
+                         patch_size=1):
     """The checked `(height, width, channels)` for `Unet`, or a `ValueError`."""
     if not widths:
         raise ValueError("widths must list the channels of at least one level, got ().")
@@ -307,9 +347,10 @@ def _check_unet_settings(input_shape, widths, blocks_per_level, attention_levels
             f"(one per entry of widths), got {attention_levels!r}."
         )
     check_num_classes(num_classes)
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}.")
     downsamplings = len(widths) - 1
-    return check_image_shape(
-        input_shape,
-        multiple=2**downsamplings,
-        why=f"for a Unet with {len(widths)} levels ({downsamplings} down-samplings by 2)",
-    )
+    why = f"for a Unet with {len(widths)} levels ({downsamplings} down-samplings by 2)"
+    if patch_size > 1:
+        why += f" on {patch_size}x{patch_size} patches"
+    return check_image_shape(input_shape, multiple=patch_size * 2**downsamplings, why=why)

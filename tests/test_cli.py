@@ -44,6 +44,7 @@ TRAIN_OPTIONS = (
     "--widths",
     "--blocks-per-level",
     "--attention-levels",
+    "--patch-size",
     "--dropout",
     "--warmup-steps",
     "--lr-decay",
@@ -262,7 +263,7 @@ def test_parser_defaults():
         None,
         None,
     )
-    assert (train_args.n_feat, train_args.epochs, train_args.batch_size) == (16, 6, 32)
+    assert (train_args.n_feat, train_args.epochs, train_args.batch_size) == (16, 7, 32)
     assert (train_args.lr, train_args.T, train_args.beta1, train_args.beta2) == (
         2e-3,
         1000,
@@ -275,8 +276,9 @@ def test_parser_defaults():
         0,
     )
     assert (train_args.network, train_args.widths, train_args.prediction) == (
-        "unet", (16, 32, 64), "v"
+        "unet", (24, 48, 96), "v"
     )
+    assert train_args.patch_size == 2
     assert (train_args.ema, train_args.warmup_steps, train_args.clipnorm) == (0.999, 100, 1.0)
     assert (train_args.loss_weighting, train_args.lr_decay) == ("min_snr", "cosine")
     off = cli.build_parser().parse_args(
@@ -627,13 +629,14 @@ def test_train_unet_with_the_recipe_options(tmp_path, capsys):
     args = [
         "train", "--num-examples", "20", "--epochs", "1", "--batch-size", "4", "--T", "20",
         "--widths", "8,16", "--blocks-per-level", "2", "--attention-levels", "none",
-        "--dropout", "0.1", "--ema", "0.9", "--warmup-steps", "3", "--lr", "0.01",
+        "--patch-size", "2", "--dropout", "0.1", "--ema", "0.9", "--warmup-steps", "3", "--lr", "0.01",
         "--clipnorm", "0.5", "--loss-weighting", "min_snr", "--min-snr-gamma", "2",
         "--n-samples", "2", "--grid-steps", "2", "--sample-steps", "2", "--out", str(out_dir),
     ]
     assert cli.main(args) == 0
-    assert "Training Unet (widths=8,16)" in capsys.readouterr().out
+    assert "Training Unet (widths=8,16, 2x2 patches)" in capsys.readouterr().out
     model = keras.models.load_model(out_dir / "model.keras")
+    assert model.network.get_layer("stem").input.shape == (None, 16, 16, 12)
     blocks = [layer for layer in model.network.layers
               if isinstance(layer, keras_ddpm.ResidualBlock)]
     assert len(blocks) == 2 * 2 * 2 + 2 and blocks[0].dropout == 0.1

@@ -119,6 +119,27 @@ def test_conditional_input_changes_the_output():
     assert model.sample(2, steps=2, labels=[0, 2], seed=0).shape == (2,) + SHAPE
 
 
+def test_patches_are_exact_space_to_depth_and_back(tmp_path):
+    """patch_size 2: the network sees each 2x2 patch's pixels as channels, in
+    (row, column, channel) order, and its output is put back pixel for pixel."""
+    net = perturbed(Unet((16, 8, 3), patch_size=2, **TINY))
+    x_t, t = inputs(2, (16, 8, 3))
+    seen = keras.Model(net.inputs, net.get_layer("patches").output)([x_t, t])
+    reference = x_t.reshape(2, 8, 2, 4, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 8, 4, 12)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(seen), reference)
+    # The last three layers undo the first three: the output pixel (i, j) is
+    # channel ((i % 2) * 2 + j % 2) * 3 + c of the output convolution at (i // 2, j // 2).
+    patched_out = keras.ops.convert_to_numpy(
+        keras.Model(net.inputs, net.get_layer("out").output)([x_t, t]))
+    out = keras.ops.convert_to_numpy(net([x_t, t]))
+    np.testing.assert_array_equal(out[:, 5, 3], patched_out[:, 2, 1, ((5 % 2) * 2 + 3 % 2) * 3:][:, :3])
+    np.testing.assert_array_equal(
+        out, patched_out.reshape(2, 8, 4, 2, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 16, 8, 3))
+    net.save(tmp_path / "patched.keras")
+    reloaded = keras.models.load_model(tmp_path / "patched.keras")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded([x_t, t])), out, atol=1e-5)
+
+
 def test_mixed_bfloat16_computes_in_bfloat16_with_float32_output():
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")
@@ -145,6 +166,9 @@ def test_mixed_bfloat16_computes_in_bfloat16_with_float32_output():
     ({"input_shape": (32, 32, 3), "blocks_per_level": 0}, "blocks_per_level"),
     ({"input_shape": (32, 32, 3), "num_classes": 0}, "num_classes"),
     ({"input_shape": (32, 32, 3), "dropout": 1.0}, "dropout"),
+    ({"input_shape": (36, 36, 3), "patch_size": 4}, "multiples of 8 .* on 4x4 patches"),
+    ({"input_shape": (32, 32, 3), "patch_size": 0}, "patch_size"),
+    ({"input_shape": (32, 32, 3), "patch_size": 2.0}, "patch_size"),
 ])
 def test_bad_settings_raise_one_clear_error(kwargs, match):
     kwargs = {"widths": (8, 16), **kwargs}

@@ -14,8 +14,9 @@ from keras_ddpm.cli import common
 # Chosen on shapes within the README main command's budget (see README).
 DEFAULTS = {
     "network": "unet",
-    "widths": (16, 32, 64),
+    "widths": (24, 48, 96),
     "blocks_per_level": 1,
+    "patch_size": 2,
     "schedule": "cosine",
     "prediction": "v",
     "lr": 2e-3,
@@ -74,6 +75,11 @@ def add_network_arguments(network):
         "coarsest)",
     )
     network.add_argument(
+        "--patch-size", metavar="P", type=common.positive_int, default=DEFAULTS["patch_size"],
+        help="unet: work on PxP patches of pixels (space-to-depth), about 3x cheaper at 2; "
+        "image sizes must be multiples of P * 2**(levels - 1)",
+    )
+    network.add_argument(
         "--dropout", metavar="RATE", type=common.probability, default=0.0,
         help="unet: dropout rate in the residual blocks",
     )
@@ -124,6 +130,7 @@ def build_network(args, image_shape, num_classes):
     return Unet(
         image_shape, widths=args.widths, blocks_per_level=args.blocks_per_level,
         attention_levels=args.attention_levels, dropout=args.dropout, num_classes=num_classes,
+        patch_size=args.patch_size,
     )
 
 
@@ -184,4 +191,5 @@ def describe(args):
     """What `train` prints for a new network."""
     if args.network == "naive":
         return f"Training NaiveUnet (n_feat={args.n_feat})"
-    return f"Training Unet (widths={','.join(map(str, args.widths))})"
+    patches = f", {args.patch_size}x{args.patch_size} patches" if args.patch_size > 1 else ""
+    return f"Training Unet (widths={','.join(map(str, args.widths))}{patches})"
