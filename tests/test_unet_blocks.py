@@ -140,11 +140,12 @@ def test_patches_are_exact_space_to_depth_and_back(tmp_path):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded([x_t, t])), out, atol=1e-5)
 
 
-def test_mixed_bfloat16_computes_in_bfloat16_with_float32_output():
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_mixed_bfloat16_computes_in_bfloat16_with_float32_output(patch_size):
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        net = perturbed(Unet(SHAPE, **TINY))
+        net = perturbed(Unet(SHAPE, patch_size=patch_size, **TINY))
     finally:
         keras.config.set_dtype_policy(previous)
     block = net.get_layer("down_1_0_residual")
