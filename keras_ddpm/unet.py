@@ -220,7 +220,7 @@ def Unet(
     in DiT and simple diffusion), and the output is put back together the same
     way; every level then works at `1 / (p * 2**i)` of the input resolution,
     and height and width must be multiples of `p * 2**(len(widths) - 1)`.
-    Patches of 2 make the network about 3x cheaper to train on a CPU.
+    Patches of 2 made training 2-4x cheaper on a 2-core CPU (BENCHMARKS.md).
 
     Same contract as `NaiveUnet`: inputs `[x_t, t]`, t in [0, 1] of shape
     `(batch, 1)`, plus `label` `(batch, 1)` when `num_classes` is set (ids
@@ -230,8 +230,8 @@ def Unet(
         input_shape: tuple of 3 ints. `(height, width, channels)`.
         widths: tuple of ints. Channels of each level, multiples of 8.
         blocks_per_level: int. Residual blocks per level on each side.
-        attention_levels: tuple of ints or None. Levels (0 = full
-            resolution) whose blocks are followed by self-attention; None is
+        attention_levels: tuple of ints or None. Levels (0 = the finest)
+            whose blocks are followed by self-attention; None is
             the coarsest level alone.
         num_heads: int. Attention heads.
         dropout: float in [0, 1). Dropout in the residual blocks.
