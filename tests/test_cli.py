@@ -629,7 +629,8 @@ def test_train_unet_with_the_recipe_options(tmp_path, capsys):
     args = [
         "train", "--num-examples", "20", "--epochs", "1", "--batch-size", "4", "--T", "20",
         "--widths", "8,16", "--blocks-per-level", "2", "--attention-levels", "none",
-        "--patch-size", "2", "--dropout", "0.1", "--ema", "0.9", "--warmup-steps", "3", "--lr", "0.01",
+        "--patch-size", "2", "--dropout", "0.1", "--ema", "0.9", "--warmup-steps", "3",
+        "--lr", "0.01",
         "--clipnorm", "0.5", "--loss-weighting", "min_snr", "--min-snr-gamma", "2",
         "--n-samples", "2", "--grid-steps", "2", "--sample-steps", "2", "--out", str(out_dir),
     ]
