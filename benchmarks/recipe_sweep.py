@@ -12,10 +12,13 @@ diffusion settings, EMA, loss weighting; the optimizer with warm-up and decay
 over the row's steps), then trained with `DiffusionModel.fit` on the images of
 `load_dataset("shapes")` held in memory and shuffled each epoch: the same
 training as `keras-ddpm train ARGS`, without tf.data, so that it runs where
-only Keras and JAX are installed (a GPU machine without TensorFlow). Each row
-writes `OUT/<row>.npz`, holding the samples of every sampler as uint8 images
-(one array per sampler, named like `ddim-50`), which `quality.py --samples`
-scores with the judge; the table printed last gives the training and sampling
+only Keras and JAX are installed (a GPU machine without TensorFlow). As in
+`train`, a row is class-conditional on the shapes' labels unless it says
+`--unconditional` (or the data file holds no labels), and then samples every
+class in equal numbers with classifier-free guidance (--guidance-scales). Each
+row writes `OUT/<row>.npz`, holding the samples of every sampler as uint8
+images (one array per sampler and guidance scale, named like `ddim-50` or
+`ddim-50-w2`), which `quality.py --samples` scores with the judge; the table printed last gives the training and sampling
 times. `--time-steps N` trains N steps of each row (after a warm-up) and prints
 its images/s instead: what a budget of steps costs on this machine.
 """
@@ -33,13 +36,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
-from keras_ddpm import cli, plotting  # noqa: E402
+from keras_ddpm import cli, diffusion, plotting  # noqa: E402
 from keras_ddpm.cli import recipe  # noqa: E402
 
 # The recipe's arguments shared by every row: float32 everywhere, so that a row
 # trained on a GPU behaves as the CLI's default run on a CPU without bf16.
 COMMON_ARGS = ["--precision", "float32"]
 IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 3  # disc, square, triangle: keras_ddpm.data.SHAPE_CLASSES
 
 
 def parse_args(argv=None):
@@ -50,13 +54,19 @@ def parse_args(argv=None):
                         help="a row: a name and keras-ddpm train arguments (repeatable); "
                         "'default=' is the CLI's default recipe")
     parser.add_argument("--data", metavar="FILE.npz",
-                        help="the shapes training images ('images', uint8), from --write-data; "
-                        "default: generated here (needs TensorFlow for keras_ddpm.data)")
+                        help="the shapes training images ('images', uint8) and their classes "
+                        "('labels', optional), from --write-data; default: generated here "
+                        "(needs TensorFlow for keras_ddpm.data)")
     parser.add_argument("--write-data", metavar="FILE.npz",
-                        help="write the shapes training images to FILE.npz and stop")
+                        help="write the shapes training images and labels to FILE.npz and stop")
     parser.add_argument("--samplers", nargs="+", default=["ddim:50"], metavar="NAME[:STEPS]",
                         help="samplers of every row: ddpm (all T), ddim:50, dpm++:20, heun:20 ...")
     parser.add_argument("--n", type=int, default=500, help="samples per sampler")
+    parser.add_argument("--guidance-scales", nargs="+", type=float,
+                        default=[diffusion.DEFAULT_GUIDANCE_SCALE], metavar="W",
+                        help="a conditional row samples each class in equal numbers with each "
+                        "of these classifier-free guidance scales (default: the library's "
+                        f"{diffusion.DEFAULT_GUIDANCE_SCALE:g})")
     parser.add_argument("--sample-batch", type=int, default=500,
                         help="images per compiled sampling chunk")
     parser.add_argument("--save-models", nargs="*", default=[], metavar="ROW",
@@ -70,14 +80,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def shapes_training_images(path=None):
-    """The images of `load_dataset("shapes")`'s training split, uint8 (8192, 32, 32, 3)."""
+def shapes_training_data(path=None):
+    """`(images, labels)` of `load_dataset("shapes")`'s training split: uint8
+    (8192, 32, 32, 3) and int32 (8192,); labels None when the file `path` has none."""
     if path is not None:
-        return np.load(path)["images"]
+        with np.load(path) as arrays:
+            return arrays["images"], arrays["labels"] if "labels" in arrays.files else None
     from keras_ddpm import data
 
-    whole = data.load_dataset("shapes", batch_size=1 << 20, shuffle=False)
-    return plotting.to_uint8(next(iter(whole)).numpy())
+    whole = data.load_dataset("shapes", batch_size=1 << 20, shuffle=False, with_labels=True)
+    images, labels = next(iter(whole))
+    return plotting.to_uint8(images.numpy()), labels.numpy().astype("int32")
 
 
 def row_arguments(text):
@@ -87,33 +100,58 @@ def row_arguments(text):
     return name.strip(), cli.build_parser().parse_args(argv)
 
 
-def trained_model(args, images, steps=None, eager=False):
+def row_classes(args, labels):
+    """The row's number of classes, as `train` decides it: conditional on the labels
+    unless --unconditional; None without labels."""
+    if args.conditional and labels is None:
+        sys.exit("recipe_sweep.py: a --conditional row needs labels; write the data file "
+                 "again with --write-data")
+    return None if labels is None or args.conditional is False else NUM_CLASSES
+
+
+def trained_model(args, data, steps=None, eager=False):
     """The row's model, compiled with its optimizer (run eagerly with `eager`) and fitted
-    (`steps` steps, or --epochs)."""
+    on `data = (images, labels)` (`steps` steps, or --epochs)."""
     keras.utils.set_random_seed(args.seed)
+    images, labels = data
+    num_classes = row_classes(args, labels)
     images = images[: args.num_examples]  # --num-examples: the first N, as load_dataset
-    model = recipe.new_model(args, IMAGE_SHAPE, None)
+    model = recipe.new_model(args, IMAGE_SHAPE, num_classes)
     steps_per_epoch = len(images) // args.batch_size
     model.compile(optimizer=recipe.make_optimizer(args, steps_per_epoch), run_eagerly=eager)
-    x = images.astype("float32") / 127.5 - 1.0
+    # Whole batches only: as `load_dataset`'s stream.
+    used = (steps or steps_per_epoch) * args.batch_size
+    x = images[:used].astype("float32") / 127.5 - 1.0
+    y = labels[:used] if num_classes else None
     if steps is not None:
-        return model, model.fit(x[: steps * args.batch_size], batch_size=args.batch_size,
-                                epochs=1, shuffle=False, verbose=0)
-    # Whole batches only, a new order each epoch: as `load_dataset`'s stream.
-    x = x[: steps_per_epoch * args.batch_size]
-    return model, model.fit(x, batch_size=args.batch_size, epochs=args.epochs, shuffle=True,
+        return model, model.fit(x, y, batch_size=args.batch_size, epochs=1, shuffle=False,
+                                verbose=0)
+    # A new order each epoch, as `load_dataset`'s stream.
+    return model, model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, shuffle=True,
                             verbose=0)
 
 
-def time_row(name, args, images, steps):
+def time_row(name, args, data, steps):
     """Images/s of the row's training over `steps` steps, after a 5-step warm-up."""
-    model, _ = trained_model(args, images, steps=5)
+    model, _ = trained_model(args, data, steps=5)
+    images, labels = data
     x = images[: steps * args.batch_size].astype("float32") / 127.5 - 1.0
+    y = labels[: steps * args.batch_size] if model.num_classes else None
     start = time.perf_counter()
-    model.fit(x, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
+    model.fit(x, y, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
     images_per_s = steps * args.batch_size / (time.perf_counter() - start)
     return {"row": name, "params": model.network.count_params(),
             "images_per_s": images_per_s, "epoch_s": len(images) / images_per_s}
+
+
+def sampling_conditions(model, options):
+    """`(suffix, sample options)` per guidance scale, as `quality.py` samples: one
+    unconditional entry, or every class in equal numbers in a seeded random order."""
+    if model.num_classes is None:
+        return [("", {})]
+    labels = np.random.default_rng(0).permutation(np.arange(options.n) % model.num_classes)
+    return [(f"-w{scale:g}", {"labels": labels, "guidance_scale": scale})
+            for scale in options.guidance_scales]
 
 
 def sample_row(model, options):
@@ -122,24 +160,26 @@ def sample_row(model, options):
     for text in options.samplers:
         name, _, steps = text.partition(":")
         steps = int(steps) if steps else model.T
-        label = f"{name}-{steps}"
-        start = time.perf_counter()
-        images = model.sample(options.n, steps=steps, sampler=name, seed=1,
-                              batch_size=min(options.sample_batch, options.n), verbose=0)
-        seconds[label] = time.perf_counter() - start
-        if not np.all(np.isfinite(images)):
-            raise FloatingPointError(f"{label} samples are not finite")
-        samples[label] = plotting.to_uint8(images)
+        for suffix, conditions in sampling_conditions(model, options):
+            label = f"{name}-{steps}{suffix}"
+            start = time.perf_counter()
+            images = model.sample(options.n, steps=steps, sampler=name, seed=1,
+                                  batch_size=min(options.sample_batch, options.n), verbose=0,
+                                  **conditions)
+            seconds[label] = time.perf_counter() - start
+            if not np.all(np.isfinite(images)):
+                raise FloatingPointError(f"{label} samples are not finite")
+            samples[label] = plotting.to_uint8(images)
     return samples, seconds
 
 
-def sweep(options, images, out_dir):
+def sweep(options, data, out_dir):
     """Trains and samples every row; returns the table rows."""
     rows = []
     for text in options.row:
         name, args = row_arguments(text)
         start = time.perf_counter()
-        model, history = trained_model(args, images, eager=options.quick)
+        model, history = trained_model(args, data, eager=options.quick)
         train_s = time.perf_counter() - start
         samples, sample_s = sample_row(model, options)
         np.savez_compressed(out_dir / f"{name}.npz", **samples)
@@ -156,27 +196,29 @@ def sweep(options, images, out_dir):
 def main(argv=None):
     options = parse_args(argv)
     if options.write_data:
-        np.savez_compressed(options.write_data, images=shapes_training_images())
+        images, labels = shapes_training_data()
+        np.savez_compressed(options.write_data, images=images, labels=labels)
         print(f"Wrote {options.write_data}")
         return
     if not options.row:
         sys.exit("recipe_sweep.py: give at least one --row NAME=ARGS ('default=' for the defaults)")
-    images = shapes_training_images(options.data)
+    data = shapes_training_data(options.data)
     print(f"Keras {keras.__version__}, backend {keras.backend.backend()}; "
-          f"{len(images)} training images", flush=True)
+          f"{len(data[0])} training images"
+          f"{'' if data[1] is None else ' with labels'}", flush=True)
     if options.time_steps:
         columns = ["Row", "Parameters", "Images/s", "Seconds per epoch"]
         rows = []
         for text in options.row:
             name, args = row_arguments(text)
-            result = time_row(name, args, images, options.time_steps)
+            result = time_row(name, args, data, options.time_steps)
             rows.append([name, f"{result['params']:,}", f"{result['images_per_s']:.1f}",
                          f"{result['epoch_s']:.0f}"])
             print(rows[-1], flush=True)
     else:
         out_dir = pathlib.Path(options.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        columns, rows = sweep(options, images, out_dir)
+        columns, rows = sweep(options, data, out_dir)
     print("\n| " + " | ".join(columns) + " |")
     print("|" + " --- |" * len(columns))
     for row in rows:

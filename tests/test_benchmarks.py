@@ -3,6 +3,7 @@ import importlib
 import pathlib
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -32,19 +33,21 @@ def test_data_benchmark_quick_mode_prints_its_table(capsys):
 def test_recipe_sweep_trains_the_cli_recipe_and_writes_its_samples(tmp_path, capsys):
     from keras_ddpm import data
 
-    images = data.make_shapes(64, seed=data.SHAPE_SPLIT_SEEDS["train"])[0]
+    images, labels = data.make_shapes(64, seed=data.SHAPE_SPLIT_SEEDS["train"])
     np_path = tmp_path / "shapes.npz"
-    np.savez(np_path, images=images)
+    np.savez(np_path, images=images, labels=labels)
     row = "tiny=--network naive --n-feat 8 --epochs 1 --num-examples 64 --T 20"
     out = run_main("recipe_sweep", [
         "--data", str(np_path), "--out-dir", str(tmp_path), "--row", row,
         "--samplers", "ddim:3", "ddpm", "--n", "4", "--save-models", "tiny", "--quick",
     ], capsys)
     assert "| tiny | --network naive" in out
+    # Conditional on the file's labels, as `train` on shapes: sampled with guidance 2.
     with np.load(tmp_path / "tiny.npz") as samples:
-        assert sorted(samples.files) == ["ddim-3", "ddpm-20"]
-        assert samples["ddpm-20"].shape == (4, 32, 32, 3) and samples["ddpm-20"].dtype == np.uint8
-    assert (tmp_path / "tiny.keras").is_file()
+        assert sorted(samples.files) == ["ddim-3-w2", "ddpm-20-w2"]
+        ddpm = samples["ddpm-20-w2"]
+        assert ddpm.shape == (4, 32, 32, 3) and ddpm.dtype == np.uint8
+    assert keras.models.load_model(tmp_path / "tiny.keras").num_classes == 3
 
 
 @pytest.mark.slow
