@@ -198,8 +198,9 @@ def _add_optimization_arguments(train):
         "--batch-size",
         metavar="N",
         type=common.positive_int,
-        default=32,
-        help="images per training step",
+        default=16,
+        help="images per training step (16: on a CPU as fast per image as 32, and twice the "
+        "steps; on a GPU larger batches are faster)",
     )
     optimization.add_argument(
         "--lr",
