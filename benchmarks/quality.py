@@ -73,7 +73,7 @@ QUICK = dict(
     n=32,
     rows=["naive"],
     samplers=["ddpm", "ddim:5"],
-    train_args=["--epochs", "1", "--num-examples", "32", "--T", "20", "--n-feat", "8"],  # one step
+    train_args=["--epochs", "1", "--num-examples", "16", "--T", "20", "--n-feat", "8"],  # one step
     judge=shapes_judge.JudgeSettings(num_images=1500, epochs=3, batch_size=32, reference_size=400),
 )
 
