@@ -18,9 +18,10 @@ only Keras and JAX are installed (a GPU machine without TensorFlow). As in
 class in equal numbers with classifier-free guidance (--guidance-scales). Each
 row writes `OUT/<row>.npz`, holding the samples of every sampler as uint8
 images (one array per sampler and guidance scale, named like `ddim-50` or
-`ddim-50-w2`), which `quality.py --samples` scores with the judge; the table printed last gives the training and sampling
-times. `--time-steps N` trains N steps of each row (after a warm-up) and prints
-its images/s instead: what a budget of steps costs on this machine.
+`ddim-50-w2`), which `quality.py --samples` scores with the judge; the table
+printed last gives the training and sampling times. `--time-steps N` trains N
+steps of each row (after a warm-up) and prints its images/s instead: what a
+budget of steps costs on this machine.
 """
 import argparse
 import os
@@ -43,7 +44,6 @@ from keras_ddpm.cli import recipe  # noqa: E402
 # trained on a GPU behaves as the CLI's default run on a CPU without bf16.
 COMMON_ARGS = ["--precision", "float32"]
 IMAGE_SHAPE = (32, 32, 3)
-NUM_CLASSES = 3  # disc, square, triangle: keras_ddpm.data.SHAPE_CLASSES
 
 
 def parse_args(argv=None):
@@ -106,7 +106,7 @@ def row_classes(args, labels):
     if args.conditional and labels is None:
         sys.exit("recipe_sweep.py: a --conditional row needs labels; write the data file "
                  "again with --write-data")
-    return None if labels is None or args.conditional is False else NUM_CLASSES
+    return None if labels is None or args.conditional is False else int(labels.max()) + 1
 
 
 def trained_model(args, data, steps=None, eager=False):
