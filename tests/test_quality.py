@@ -85,7 +85,9 @@ def test_judge_accepts_real_images_rejects_noise_and_real_vs_real_is_near_the_fl
     noise = np.random.default_rng(0).normal(size=real.shape).astype(np.float32)
     real_score = judge.score(real, **reference)
     noise_score = judge.score(noise, **reference)
-    assert real_score["valid_rate"] > 0.5  # the quick judge; the full one scores about 0.99
+    # The quick judge at seven seeds on an Intel Xeon (2026-11-26): valid 0.875-0.97, the
+    # worst attribute within ±0.23, the Fréchet ratio 0.79-1.13. The bounds leave about 2x.
+    assert real_score["valid_rate"] > 0.5  # the full judge scores about 0.99
     assert noise_score["valid_rate"] < 0.05
     assert 0.4 < real_score["frechet_ratio"] < 2.5
     assert noise_score["frechet_ratio"] > 20
@@ -124,7 +126,7 @@ def test_samples_option_scores_every_image_array_of_an_npz(quick_cache, tmp_path
     table = out[out.index(COLUMNS):].splitlines()
     rows = {line.split(" | ")[1]: line.split(" | ") for line in table[2:]}
     assert set(rows) == {"-", "ddim-50", "noise"}  # real data, then the two image arrays
-    # The quick judge (tiny, 3 epochs) accepts about half of real images, rejects noise.
+    # The quick judge (tiny, 5 epochs) accepts about 0.9 of real images, rejects noise.
     assert float(rows["ddim-50"][3]) > 0.25 > 0.05 > float(rows["noise"][3])
     assert float(rows["ddim-50"][6]) < 3 < 20 < float(rows["noise"][6])  # Fréchet / floor
     assert (tmp_path / "out" / "made_noise.png").is_file()
