@@ -29,7 +29,8 @@ class SharedKernel:
     Starting a kernel and importing TensorFlow and Keras in it takes a few seconds;
     the notebooks share them. Before each notebook a first cell moves the kernel to
     the notebook's folder, clears Keras' global state (`clear_session`: layer names,
-    seeds) and deletes every name (`%reset -f`), so a notebook that used anything
+    seeds), switches off TensorFlow's graph optimiser as conftest.py does, and deletes
+    every name (`%reset -f`), so a notebook that used anything
     defined by another fails as it would alone. A kernel that failed is restarted.
     """
 
@@ -57,7 +58,11 @@ class SharedKernel:
             self.start()
         notebook.cells.insert(0, nbformat.v4.new_code_cell(
             f"import os as _os, keras as _keras\n_os.chdir({str(folder)!r})\n"
-            "_keras.backend.clear_session()\n%reset -f"
+            "_keras.backend.clear_session()\n"
+            # As in the test process (conftest.py): no graph optimiser for tiny networks.
+            "import tensorflow as _tf\n"
+            "_tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': True})\n"
+            "%reset -f"
         ))
         client = NotebookClient(notebook, km=self.owner.km, timeout=600, kernel_name="python3")
         try:
