@@ -30,8 +30,8 @@ class SharedKernel:
     the notebooks share them. Before each notebook a first cell moves the kernel to
     the notebook's folder, clears Keras' global state (`clear_session`: layer names,
     seeds), switches off TensorFlow's graph optimiser as conftest.py does, and deletes
-    every name (`%reset -f`), so a notebook that used anything
-    defined by another fails as it would alone. A kernel that failed is restarted.
+    every name (`%reset -f`), so a notebook that used anything defined by another fails
+    as it would alone. A kernel that failed is restarted.
     """
 
     def __init__(self):
