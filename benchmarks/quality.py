@@ -72,7 +72,7 @@ CLI_OUTPUT_ARGS = ["--n-samples", "4", "--sample-steps", "10", "--grid-steps", "
 QUICK = dict(
     n=32,
     rows=["naive"],
-    samplers=["ddpm", "ddim:5"],
+    samplers=["ddpm", "ddim:5:1"],  # eta 1: the eta reaches model.sample
     train_args=["--epochs", "1", "--num-examples", "16", "--T", "20", "--n-feat", "8"],  # one step
     # 5 epochs, not 3: at 3 the judge's seed decided whether it accepted 11% or 61% of real
     # images (an Intel Xeon, 2026-11-26); at 5, seven seeds gave 0.875-0.97, in 12-16 s.
@@ -88,8 +88,11 @@ GRID_IMAGES = 64
 
 
 # Fast solvers sampled by default where `model.sample` knows them (issue 13); any
-# other sampler name runs when asked for with --samplers NAME:STEPS.
+# other sampler name runs when asked for with --samplers NAME:STEPS[:ETA].
 FAST_SAMPLERS = ("dpm++:20",)
+# DDIM-50 with DDPM's noise (eta 1), the README's `sample --steps 50 --eta 1`: on the
+# CLI's default model it had no two-coloured shapes, where eta 0 had one in five.
+STOCHASTIC_DDIM = "ddim:50:1"
 
 
 def known_samplers():
@@ -98,9 +101,9 @@ def known_samplers():
 
 
 def default_samplers():
-    """DDPM over all T, DDIM-50, and DPM-Solver++ at 20 steps where it exists."""
+    """DDPM over all T, DDIM-50 at eta 0 and 1, and DPM-Solver++ at 20 steps where it exists."""
     fast = [text for text in FAST_SAMPLERS if text.partition(":")[0] in known_samplers()]
-    return ["ddpm", "ddim:50"] + fast
+    return ["ddpm", "ddim:50", STOCHASTIC_DDIM] + fast
 
 
 def parse_args(argv=None):
@@ -117,9 +120,9 @@ def parse_args(argv=None):
     parser.add_argument("--samples", nargs="+", default=[], metavar="FILE.npz",
                         help="score the image arrays (N, H, W, 3; uint8, or floats in [-1, 1]) "
                         "of these .npz files, at most --n of each, without training or sampling")
-    parser.add_argument("--samplers", nargs="+", default=None, metavar="NAME[:STEPS]",
-                        help="samplers per row: ddpm (all T), ddim:50, dpm++:20, ... "
-                        f"(default: {' '.join(default_samplers())})")
+    parser.add_argument("--samplers", nargs="+", default=None, metavar="NAME[:STEPS[:ETA]]",
+                        help="samplers per row: ddpm (all T), ddim:50, ddim:50:1 (DDIM's eta 1), "
+                        f"dpm++:20, ... (default: {' '.join(default_samplers())})")
     parser.add_argument("--guidance-scales", nargs="+", type=float,
                         default=[diffusion.DEFAULT_GUIDANCE_SCALE], metavar="W",
                         help="a class-conditional model samples every class in equal numbers "
@@ -221,9 +224,16 @@ def train_quick(argv, train_log):
 
 # ------------------------------------------------------------------ sampling
 def parse_sampler(text, T):
-    """`"ddim:50"` -> `("ddim", 50)`; `"ddpm"` -> `("ddpm", T)`."""
-    name, _, steps = text.partition(":")
-    return name, int(steps) if steps else T
+    """`"ddim:50"` -> `("ddim", 50, 0.0)`; `"ddim:50:1"` -> `("ddim", 50, 1.0)` (DDIM's
+    eta); `"ddpm"` -> `("ddpm", T, 0.0)`."""
+    name, _, rest = text.partition(":")
+    steps, _, eta = rest.partition(":")
+    return name, int(steps) if steps else T, float(eta) if eta else 0.0
+
+
+def sampler_label(name, steps, eta):
+    """The table's name of a sampler: `ddim-50`, or `ddim-50-eta1` for eta 1."""
+    return f"{name}-{steps}" + (f"-eta{eta:g}" if eta else "")
 
 
 def reverse_step_seconds(model, batch, seed=0):
@@ -264,20 +274,20 @@ def score_model(trained, args, judge, reference, real):
     step = reverse_step_seconds(model, batch, seed=args.seed)
     results = []
     for text in args.samplers:
-        name, steps = parse_sampler(text, model.T)
+        name, steps, eta = parse_sampler(text, model.T)
         if name not in known_samplers():
             results.append({"row": trained.name, "training": trained.description,
-                            "sampler": f"{name}-{steps}", "n": args.n,
+                            "sampler": sampler_label(name, steps, eta), "n": args.n,
                             "skipped": f"model.sample has no sampler {name!r}"})
             continue
         for suffix, options in sampling_conditions(model, args):
-            label = f"{name}-{steps}{suffix}"
+            label = sampler_label(name, steps, eta) + suffix
             row = {"row": trained.name, "training": trained.description, "sampler": label,
                    "n": args.n, "train_seconds": trained.train_seconds}
             log(f"{trained.name} {label}: estimated {step * steps * -(-args.n // batch):.0f} s "
                 f"({step * 1000:.0f} ms per reverse step at batch {batch}, unguided)")
             start = time.perf_counter()
-            samples = model.sample(args.n, steps=steps, sampler=name, seed=args.seed + 1,
+            samples = model.sample(args.n, steps=steps, sampler=name, eta=eta, seed=args.seed + 1,
                                    batch_size=batch, verbose=0, **options)
             row["sample_seconds"] = time.perf_counter() - start
             row.update(judge.score(samples, **reference))

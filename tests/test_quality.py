@@ -105,8 +105,8 @@ def test_quick_mode_runs_end_to_end_and_prints_its_table_last(quick_cache, tmp_p
     assert table[0] == COLUMNS
     rows = [line.split(" | ")[0].lstrip("| ") for line in table[2:]]
     assert rows == ["real data", "naive", "naive"]
-    assert "ddpm-20" in out and "ddim-5" in out
-    assert (tmp_path / "naive_ddim-5.png").is_file()
+    assert "ddpm-20" in out and "ddim-5-eta1" in out
+    assert (tmp_path / "naive_ddim-5-eta1.png").is_file()
     assert (tmp_path / "results.json").is_file()
     assert "1/1" in (tmp_path / "naive" / "train.log").read_text()  # its one training step
     import tensorflow as tf
@@ -147,3 +147,12 @@ def test_a_conditional_model_is_sampled_with_every_class_at_each_guidance_scale(
     assert np.array_equal(labels, conditions[1][1]["labels"])  # the same labels at every scale
     assert np.bincount(labels).tolist() == [100] * 3  # equal numbers, as in `shapes`
     assert not np.array_equal(labels, np.sort(labels))  # in a random order
+
+
+def test_sampler_texts_give_name_steps_and_ddim_eta():
+    assert quality.parse_sampler("ddpm", 1000) == ("ddpm", 1000, 0.0)
+    assert quality.parse_sampler("ddim:50", 1000) == ("ddim", 50, 0.0)
+    assert quality.parse_sampler("ddim:50:1", 1000) == ("ddim", 50, 1.0)
+    assert quality.sampler_label(*quality.parse_sampler("ddim:50:0.5", 1000)) == "ddim-50-eta0.5"
+    assert quality.sampler_label("dpm++", 20, 0.0) == "dpm++-20"
+    assert quality.STOCHASTIC_DDIM in quality.default_samplers()
