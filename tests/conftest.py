@@ -33,7 +33,7 @@ if keras.backend.backend() == "tensorflow":
     # first run (folding, fusions, layouts): in tests of tiny networks that costs more than
     # it saves. The graphs compute the same things unoptimised. Measured on 2 cores (an
     # Intel Xeon, 2026-11-26, one run each, all passing): the suite 304 -> 268 s, 546 ->
-    # 480 CPU-s. The subprocesses and notebook kernels the tests start keep it.
+    # 480 CPU-s. The subprocesses the tests start keep it (the notebooks' kernel does not).
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
