@@ -263,7 +263,7 @@ def test_parser_defaults():
         None,
         None,
     )
-    assert (train_args.n_feat, train_args.epochs, train_args.batch_size) == (16, 7, 16)
+    assert (train_args.n_feat, train_args.epochs, train_args.batch_size) == (16, 8, 16)
     assert (train_args.lr, train_args.T, train_args.beta1, train_args.beta2) == (
         2e-3,
         1000,

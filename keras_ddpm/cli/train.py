@@ -190,8 +190,8 @@ def _add_optimization_arguments(train):
         "--epochs",
         metavar="N",
         type=common.positive_int,
-        default=7,
-        help="passes over the training images (7 on shapes take about 7 minutes on 2 CPU "
+        default=8,
+        help="passes over the training images (8 on shapes take about 7-8 minutes on 2 CPU "
         "cores; the lecture trains cats-64 for hundreds)",
     )
     optimization.add_argument(
