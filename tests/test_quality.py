@@ -156,3 +156,6 @@ def test_sampler_texts_give_name_steps_and_ddim_eta():
     assert quality.sampler_label(*quality.parse_sampler("ddim:50:0.5", 1000)) == "ddim-50-eta0.5"
     assert quality.sampler_label("dpm++", 20, 0.0) == "dpm++-20"
     assert quality.STOCHASTIC_DDIM in quality.default_samplers()
+    for bad in ("ddim:fifty", "dpm++:20:1", "ddim:50:2"):  # refused before any training
+        with pytest.raises(SystemExit):
+            quality.parse_args(["--samplers", bad])
