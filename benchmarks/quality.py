@@ -51,6 +51,7 @@ from PIL import Image  # noqa: E402
 import keras_ddpm  # noqa: E402
 from keras_ddpm import diffusion, plotting  # noqa: E402
 import shapes_judge  # noqa: E402
+from sampler_spec import parse_sampler, sampler_label  # noqa: E402
 
 # Training configurations: `keras-ddpm train` arguments on top of the CLI defaults.
 ROWS = {
@@ -230,19 +231,6 @@ def train_quick(argv, train_log):
 
 
 # ------------------------------------------------------------------ sampling
-def parse_sampler(text, T):
-    """`"ddim:50"` -> `("ddim", 50, 0.0)`; `"ddim:50:1"` -> `("ddim", 50, 1.0)` (DDIM's
-    eta); `"ddpm"` -> `("ddpm", T, 0.0)`."""
-    name, _, rest = text.partition(":")
-    steps, _, eta = rest.partition(":")
-    return name, int(steps) if steps else T, float(eta) if eta else 0.0
-
-
-def sampler_label(name, steps, eta):
-    """The table's name of a sampler: `ddim-50`, or `ddim-50-eta1` for eta 1."""
-    return f"{name}-{steps}" + (f"-eta{eta:g}" if eta else "")
-
-
 def reverse_step_seconds(model, batch, seed=0):
     """Seconds of one compiled reverse step at `batch` images (DDIM, after a warm-up)."""
     steps = 3

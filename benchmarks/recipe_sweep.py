@@ -2,7 +2,7 @@
 
     python benchmarks/recipe_sweep.py --write-data shapes.npz      # where TensorFlow is
     KERAS_BACKEND=jax python benchmarks/recipe_sweep.py --data shapes.npz --out-dir sweep \\
-        --row 'default=' --row 'wide=--widths 32,64,128' --samplers ddim:50 dpm++:20 ddpm
+        --row 'default=' --row 'wide=--widths 32,64,128' --samplers ddim:50:1 dpm++:20 ddpm
     python benchmarks/quality.py --samples sweep/*.npz              # score them (judge)
     python benchmarks/recipe_sweep.py --time-steps 40 --row ...     # img/s of each row here
 
@@ -17,9 +17,9 @@ only Keras and JAX are installed (a GPU machine without TensorFlow). As in
 `--unconditional` (or the data file holds no labels), and then samples every
 class in equal numbers with classifier-free guidance (--guidance-scales). Each
 row writes `OUT/<row>.npz`, holding the samples of every sampler as uint8
-images (one array per sampler and guidance scale, named like `ddim-50` or
-`ddim-50-w2`), which `quality.py --samples` scores with the judge; the table
-printed last gives the training and sampling times. `--time-steps N` trains N
+images (one array per sampler and guidance scale, named like `ddim-50`,
+`ddim-50-w2` or `ddim-50-eta1-w2`), which `quality.py --samples` scores with
+the judge; the table printed last gives the training and sampling times. `--time-steps N` trains N
 steps of each row (after a warm-up) and prints its images/s instead: what a
 budget of steps costs on this machine.
 """
@@ -39,6 +39,7 @@ import keras  # noqa: E402
 
 from keras_ddpm import cli, diffusion, plotting  # noqa: E402
 from keras_ddpm.cli import recipe  # noqa: E402
+from sampler_spec import parse_sampler, sampler_label  # noqa: E402
 
 # The recipe's arguments shared by every row: float32 everywhere, so that a row
 # trained on a GPU behaves as the CLI's default run on a CPU without bf16.
@@ -59,8 +60,10 @@ def parse_args(argv=None):
                         "(needs TensorFlow for keras_ddpm.data)")
     parser.add_argument("--write-data", metavar="FILE.npz",
                         help="write the shapes training images and labels to FILE.npz and stop")
-    parser.add_argument("--samplers", nargs="+", default=["ddim:50"], metavar="NAME[:STEPS]",
-                        help="samplers of every row: ddpm (all T), ddim:50, dpm++:20, heun:20 ...")
+    parser.add_argument("--samplers", nargs="+", default=["ddim:50"],
+                        metavar="NAME[:STEPS[:ETA]]",
+                        help="samplers of every row: ddpm (all T), ddim:50, ddim:50:1 (DDIM at "
+                        "eta 1), dpm++:20, heun:20 ...")
     parser.add_argument("--n", type=int, default=500, help="samples per sampler")
     parser.add_argument("--guidance-scales", nargs="+", type=float,
                         default=[diffusion.DEFAULT_GUIDANCE_SCALE], metavar="W",
@@ -158,12 +161,11 @@ def sample_row(model, options):
     """`{sampler label: uint8 samples}` and `{label: seconds}` for every --samplers entry."""
     samples, seconds = {}, {}
     for text in options.samplers:
-        name, _, steps = text.partition(":")
-        steps = int(steps) if steps else model.T
+        name, steps, eta = parse_sampler(text, model.T)
         for suffix, conditions in sampling_conditions(model, options):
-            label = f"{name}-{steps}{suffix}"
+            label = sampler_label(name, steps, eta) + suffix
             start = time.perf_counter()
-            images = model.sample(options.n, steps=steps, sampler=name, seed=1,
+            images = model.sample(options.n, steps=steps, sampler=name, eta=eta, seed=1,
                                   batch_size=min(options.sample_batch, options.n), verbose=0,
                                   **conditions)
             seconds[label] = time.perf_counter() - start

@@ -39,12 +39,13 @@ def test_recipe_sweep_trains_the_cli_recipe_and_writes_its_samples(tmp_path, cap
     row = "tiny=--network naive --n-feat 8 --epochs 1 --num-examples 64 --T 20"
     out = run_main("recipe_sweep", [
         "--data", str(np_path), "--out-dir", str(tmp_path), "--row", row,
-        "--samplers", "ddim:3", "ddpm", "--n", "4", "--save-models", "tiny", "--quick",
+        "--samplers", "ddim:3:1", "ddpm", "--n", "4", "--save-models", "tiny", "--quick",
     ], capsys)
     assert "| tiny | --network naive" in out
-    # Conditional on the file's labels, as `train` on shapes: sampled with guidance 2.
+    # Conditional on the file's labels, as `train` on shapes: sampled with guidance 2;
+    # `ddim:3:1` is DDIM at eta 1, named as `quality.py` names it.
     with np.load(tmp_path / "tiny.npz") as samples:
-        assert sorted(samples.files) == ["ddim-3-w2", "ddpm-20-w2"]
+        assert sorted(samples.files) == ["ddim-3-eta1-w2", "ddpm-20-w2"]
         ddpm = samples["ddpm-20-w2"]
         assert ddpm.shape == (4, 32, 32, 3) and ddpm.dtype == np.uint8
     assert keras.models.load_model(tmp_path / "tiny.keras").num_classes == 3
