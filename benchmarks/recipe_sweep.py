@@ -4,7 +4,7 @@
     KERAS_BACKEND=jax python benchmarks/recipe_sweep.py --data shapes.npz --out-dir sweep \\
         --row 'default=' --row 'wide=--widths 32,64,128' --samplers ddim:50:1 dpm++:20 ddpm
     python benchmarks/quality.py --samples sweep/*.npz              # score them (judge)
-    python benchmarks/recipe_sweep.py --time-steps 40 --row ...     # img/s of each row here
+    python benchmarks/recipe_sweep.py --time-steps 200 --row ...    # img/s of each row here
 
 Each row is a list of `keras-ddpm train` arguments, read by the CLI's own parser
 and built by the CLI's own recipe (`keras_ddpm.cli.recipe.new_model`: network,
@@ -19,9 +19,10 @@ class in equal numbers with classifier-free guidance (--guidance-scales). Each
 row writes `OUT/<row>.npz`, holding the samples of every sampler as uint8
 images (one array per sampler and guidance scale, named like `ddim-50`,
 `ddim-50-w2` or `ddim-50-eta1-w2`), which `quality.py --samples` scores with
-the judge; the table printed last gives the training and sampling times. `--time-steps N` trains N
-steps of each row (after a warm-up) and prints its images/s instead: what a
-budget of steps costs on this machine.
+the judge; the table printed last gives the training and sampling times.
+`--time-steps N` trains N steps of each row (after a warm-up) and prints its
+images/s instead: what a budget of steps costs on this machine (200 steps or
+more on a CPU, whose first tens of steps can run 1.5x slow).
 """
 import argparse
 import os
@@ -75,7 +76,8 @@ def parse_args(argv=None):
     parser.add_argument("--save-models", nargs="*", default=[], metavar="ROW",
                         help="also save these rows' trained models as OUT/<row>.keras")
     parser.add_argument("--time-steps", type=int, default=None, metavar="N",
-                        help="only time N training steps per row (images/s) and stop")
+                        help="only time N training steps per row (images/s) and stop; 200 or "
+                        "more on a CPU")
     parser.add_argument("--out-dir", default="runs/sweep", help="where the .npz files go")
     parser.add_argument("--quick", action="store_true",
                         help="train with tf.functions run eagerly: a smoke test, whose few "
