@@ -49,6 +49,8 @@ class SampleGrid(keras.callbacks.Callback):
         log_dir: str, path or None. TensorBoard log folder.
         labels: sequence of n ints or None. Classes of a conditional model.
         guidance_scale: float or None. As in `DiffusionModel.sample`.
+        eta: float in [0, 1]. DDIM's eta when `steps` is fewer than T, as in
+            `DiffusionModel.sample` (1 adds DDPM's noise to each step).
 
     Example:
     >>> grids = SampleGrid(every=2, n=16, steps=50, directory="runs/grids")
@@ -66,6 +68,7 @@ class SampleGrid(keras.callbacks.Callback):
         log_dir=None,
         labels=None,
         guidance_scale=None,
+        eta=0.0,
     ):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -78,6 +81,7 @@ class SampleGrid(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.labels = labels
         self.guidance_scale = guidance_scale
+        self.eta = eta
         self.images = {}
         self._writer = None
         self._epochs = None
@@ -106,6 +110,7 @@ class SampleGrid(keras.callbacks.Callback):
                 seed=self.seed,
                 labels=labels,
                 guidance_scale=self.guidance_scale,
+                eta=self.eta,
                 verbose=0,
             )
         self.images[done] = images

@@ -39,6 +39,16 @@ def test_grids_every_n_epochs_with_a_fixed_seed(tmp_path):
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
 
 
+def test_grids_sample_at_the_given_eta(tmp_path):
+    model, grids = fit_with_grids(tmp_path, 1, keras.optimizers.SGD(0.05), eta=1.0)
+    labels = [0, 1, 0, 1]
+    np.testing.assert_array_equal(
+        grids.images[1], model.sample(4, steps=5, seed=7, labels=labels, eta=1.0)
+    )
+    # DDPM's noise in each step: not the deterministic DDIM's images.
+    assert not np.allclose(grids.images[1], model.sample(4, steps=5, seed=7, labels=labels))
+
+
 def test_bad_every_is_a_clear_error():
     with pytest.raises(ValueError, match="every must be a positive integer"):
         SampleGrid(every=0)

@@ -57,6 +57,7 @@ TRAIN_OPTIONS = (
     "--no-jit-compile",
     "--n-samples",
     "--sample-steps",
+    "--eta",
     "--clip-x0",
     "--no-clip-x0",
     "--grid-every",
@@ -207,6 +208,15 @@ def test_train_writes_model_samples_and_history(trained_run):
 
     # 4 images of 32x32 in a 2x2 grid with 2-pixel borders: 2 + 2 * (32 + 2) = 70.
     _assert_png(samples_path, 70, 70)
+    # samples.png is the saved model's DDIM at train's default eta 1 (the run asked for 2
+    # steps), not the deterministic DDIM, whose images differ.
+    from keras_ddpm import plotting
+
+    with Image.open(samples_path) as image:
+        written = np.asarray(image.convert("RGB")).astype(int)
+    for eta, same in ((1.0, True), (0.0, False)):
+        grid = plotting.image_grid(model.sample(4, steps=2, eta=eta, seed=0)).astype(int)
+        assert (np.abs(written - grid).max() <= 1) == same, eta
 
 
 def test_train_init_fine_tunes_a_saved_model_on_one_class(trained_run, tmp_path):
@@ -289,10 +299,11 @@ def test_parser_defaults():
     levels = cli.build_parser().parse_args(["train", "--attention-levels", "0,1"])
     assert levels.attention_levels == (0, 1)
     assert (train_args.sample_steps, train_args.n_samples, train_args.out) == (
-        None,
+        None,  # DDIM's 50 steps (capped at T), at --eta 1
         16,
         "runs/latest",
     )
+    assert (train_args.eta, train_args.grid_steps) == (1.0, 50)
 
     sample_args = cli.build_parser().parse_args(["sample", "m.keras", "--frames", "1000,200,50,0"])
     assert (sample_args.model, sample_args.n, sample_args.steps, sample_args.eta) == (
