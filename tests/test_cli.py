@@ -17,6 +17,7 @@ from PIL import Image
 import keras_ddpm
 from helpers import eager_functions
 from keras_ddpm import cli
+from keras_ddpm.cli import recipe
 
 # Every option of each subcommand, written out independently of the parser.
 TRAIN_OPTIONS = (
@@ -264,6 +265,19 @@ def test_train_real_dataset_offline_is_one_clear_line(tmp_path, capsys, monkeypa
         capsys,
     )
     assert "cifar10" in line and str(tmp_path / "data") in line
+
+
+def test_train_warns_of_a_coarsest_level_of_2x2():
+    def warning(argv, shape=(32, 32, 3)):
+        return recipe.coarse_level_warning(cli.build_parser().parse_args(["train", *argv]), shape)
+
+    # 32 / (4 * 2**2) = 2: the 3-level networks on 4x4 patches that stalled in the GPU sweep.
+    text = warning(["--patch-size", "4"])
+    assert text.startswith("Warning: the Unet's coarsest level is 2x2") and "--patch-size" in text
+    assert "1x1" in warning(["--widths", "8,16,32,64"], (16, 16, 3))  # 16 / (2 * 2**3)
+    assert warning([]) is None  # the default: 32 / (2 * 2**2) = 4
+    assert warning(["--widths", "24,48,96,192"], (64, 64, 3)) is None  # 4x4
+    assert warning(["--network", "naive"]) is None
 
 
 def test_parser_defaults():

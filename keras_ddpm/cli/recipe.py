@@ -193,3 +193,32 @@ def describe(args):
         return f"Training NaiveUnet (n_feat={args.n_feat})"
     patches = f", {args.patch_size}x{args.patch_size} patches" if args.patch_size > 1 else ""
     return f"Training Unet (widths={','.join(map(str, args.widths))}{patches})"
+
+
+def coarse_level_warning(args, image_shape):
+    """A warning line when a new Unet's coarsest level is 2x2 or smaller, else None.
+
+    Every such network trained on shapes (32x32 on 4x4 patches with 3 levels, or on
+    2x2 patches with 4) stalled at a loss of 0.06-0.2 where the default reaches 0.008
+    (BENCHMARKS.md, "Seeds, not knobs"); the cause is not known.
+
+    Example:
+    >>> from keras_ddpm.cli import build_parser
+    >>> args = build_parser().parse_args(["train", "--patch-size", "4"])
+    >>> coarse_level_warning(args, (32, 32, 3))[:45]
+    "Warning: the Unet's coarsest level is 2x2 (32"
+    >>> coarse_level_warning(build_parser().parse_args(["train"]), (32, 32, 3)) is None
+    True
+    """
+    if args.init is not None or args.network != "unet":
+        return None
+    shrink = args.patch_size * 2 ** (len(args.widths) - 1)
+    height, width = image_shape[0] // shrink, image_shape[1] // shrink
+    if min(height, width) > 2:
+        return None
+    return (
+        f"Warning: the Unet's coarsest level is {height}x{width} ({image_shape[0]}x"
+        f"{image_shape[1]} images, {args.patch_size}x{args.patch_size} patches, "
+        f"{len(args.widths)} levels); every such network measured on shapes stalled at a "
+        "high loss (BENCHMARKS.md): use fewer --widths or a smaller --patch-size"
+    )

@@ -393,6 +393,9 @@ def _train(args, out_dir, checkpoint_dir):
         optimizer = recipe.make_optimizer(args, steps_per_epoch if steps_per_epoch > 0 else None)
         model.compile(optimizer=optimizer, jit_compile=jit_compile)
     print(_summary(args, model, image_shape, strategy), flush=True)
+    warning = recipe.coarse_level_warning(args, image_shape)
+    if warning is not None:
+        print(warning, flush=True)
     with contextlib.ExitStack() as locks:
         # Every setting is valid: now the chief makes the folders and holds them until the
         # end (the other workers of a cluster write only their own checkpoint sub-folder).
