@@ -277,7 +277,7 @@ def _add_output_arguments(train):
         metavar="STEPS",
         type=common.positive_int,
         default=None,
-        help=f"reverse steps for OUT/samples.png, in 1..T: fewer than T samples with DDIM "
+        help="reverse steps for OUT/samples.png, in 1..T: fewer than T samples with DDIM "
         f"at --eta, T with the lecture's DDPM sampler (default: {SAMPLE_STEPS}, capped at T; "
         "on the default model as good as DDPM's 1000 at eta 1, and 50 s sooner on 2 CPU cores)",
     )
