@@ -51,7 +51,7 @@ from PIL import Image  # noqa: E402
 import keras_ddpm  # noqa: E402
 from keras_ddpm import diffusion, plotting  # noqa: E402
 import shapes_judge  # noqa: E402
-from sampler_spec import parse_sampler, sampler_label  # noqa: E402
+from sampler_spec import parse_sampler, sampler_label, sampler_text_error  # noqa: E402
 
 # Training configurations: `keras-ddpm train` arguments on top of the CLI defaults.
 ROWS = {
@@ -153,13 +153,8 @@ def parse_args(argv=None):
     scoring_only = args.model or args.samples
     args.rows = args.rows if args.rows is not None else ([] if scoring_only else list(ROWS))
     args.samplers = args.samplers or default_samplers()
-    for text in args.samplers:  # Before any training: a typo must not cost a row's minutes.
-        try:
-            name, _, eta = parse_sampler(text, 1)
-        except ValueError:
-            parser.error(f"--samplers {text!r}: expected NAME[:STEPS[:ETA]], e.g. ddim:50:1")
-        if eta and (name != "ddim" or not 0.0 <= eta <= 1.0):
-            parser.error(f"--samplers {text!r}: an ETA in [0, 1] is DDIM's, e.g. ddim:50:1")
+    for error in filter(None, map(sampler_text_error, args.samplers)):
+        parser.error(error)
     return args
 
 

@@ -40,7 +40,7 @@ import keras  # noqa: E402
 
 from keras_ddpm import cli, diffusion, plotting  # noqa: E402
 from keras_ddpm.cli import recipe  # noqa: E402
-from sampler_spec import parse_sampler, sampler_label  # noqa: E402
+from sampler_spec import parse_sampler, sampler_label, sampler_text_error  # noqa: E402
 
 # The recipe's arguments shared by every row: float32 everywhere, so that a row
 # trained on a GPU behaves as the CLI's default run on a CPU without bf16.
@@ -82,7 +82,10 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="train with tf.functions run eagerly: a smoke test, whose few "
                         "steps cost less than tracing them")
-    return parser.parse_args(argv)
+    options = parser.parse_args(argv)
+    for error in filter(None, map(sampler_text_error, options.samplers)):
+        parser.error(error)
+    return options
 
 
 def shapes_training_data(path=None):

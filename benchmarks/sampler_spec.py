@@ -4,6 +4,8 @@
     ('ddim', 50, 1.0)
     >>> sampler_label(*parse_sampler("ddim:50:1", 1000))
     'ddim-50-eta1'
+    >>> sampler_text_error("dpm++:20:1")
+    "--samplers 'dpm++:20:1': an ETA in [0, 1] is DDIM's, e.g. ddim:50:1"
 """
 
 
@@ -18,3 +20,15 @@ def parse_sampler(text, T):
 def sampler_label(name, steps, eta):
     """The table's name of a sampler: `ddim-50`, or `ddim-50-eta1` for eta 1."""
     return f"{name}-{steps}" + (f"-eta{eta:g}" if eta else "")
+
+
+def sampler_text_error(text):
+    """None for a valid `NAME[:STEPS[:ETA]]`, else the one-line error to show: checked
+    when the arguments are parsed, so that a typo costs no row's minutes of training."""
+    try:
+        name, _, eta = parse_sampler(text, 1)
+    except ValueError:
+        return f"--samplers {text!r}: expected NAME[:STEPS[:ETA]], e.g. ddim:50:1"
+    if eta and (name != "ddim" or not 0.0 <= eta <= 1.0):
+        return f"--samplers {text!r}: an ETA in [0, 1] is DDIM's, e.g. ddim:50:1"
+    return None

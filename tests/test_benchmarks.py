@@ -52,6 +52,13 @@ def test_recipe_sweep_trains_the_cli_recipe_and_writes_its_samples(tmp_path, cap
 
 
 @pytest.mark.slow
+def test_recipe_sweep_refuses_a_bad_sampler_before_training(capsys):
+    for bad in ("ddim:fifty", "dpm++:20:1", "ddim:50:2"):  # as quality.py refuses them
+        with pytest.raises(SystemExit):
+            importlib.import_module("recipe_sweep").main(["--row", "x=", "--samplers", bad])
+        assert "--samplers" in capsys.readouterr().err
+
+
 def test_step_profile_times_every_leaf_layer_of_the_network(capsys):
     """In this process: NaiveUnet's 21 convolutions and 21 group norms each timed, then the step."""
     lines = run_main("profile_step", ["--quick"], capsys).splitlines()
