@@ -16,7 +16,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_ddpm import jax_steps, sampling, sampling_api, targets, tf_steps
+from keras_ddpm import guidance, jax_steps, sampling, sampling_api, targets, tf_steps
 from keras_ddpm.ema import WeightAverage
 from keras_ddpm.schedule import ddpm_schedule, min_snr_weights
 
@@ -137,7 +137,8 @@ class DiffusionModel(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         # The reverse process (plan, chunks, compiled loop) behind sample and inpaint.
         self._sampling = sampling_api.SamplingAPI(
-            self.predict_noise, self.image_shape, tables, network.variables, num_classes, variance
+            self.predict_noise, self.image_shape, tables, network.variables, num_classes, variance,
+            network,
         )
         # The network is built; fit never calls this model, so say so here or
         # saving drops the optimizer state.
@@ -338,28 +339,31 @@ class DiffusionModel(keras.Model):
         return steps.test_step(self, *args)
 
     # ---------------------------------------------------------------- sampling
-    def network_output(self, x_t, t, labels=None, training=False):
+    def network_output(self, x_t, t, labels=None, training=False, network=None):
         """The network's raw prediction (eps, v or x0) at integer timesteps `t`.
 
         The network sees `t / T`, as in the lecture, for training and sampling
         alike; a conditional network also gets `labels` (None means "no
-        class" for all).
+        class" for all). `network` (default: the model's) can be another with
+        the same inputs, e.g. `guidance.perturbed_attention_network(...)`.
 
         Example:
         >>> x_t = keras.random.normal((2, 32, 32, 3))
         >>> model.network_output(x_t, keras.ops.array([10, 10])).shape
         (2, 32, 32, 3)
         """
+        network = self.network if network is None else network
         x_t = ops.convert_to_tensor(x_t)
         t_input = ops.reshape(ops.cast(t, "float32") / self.T, (-1, 1))
         if self.num_classes is None:
-            return self.network([x_t, t_input], training=training)
+            return network([x_t, t_input], training=training)
         if labels is None:
             labels = ops.full((ops.shape(x_t)[0],), self.num_classes, "int32")
         labels = ops.reshape(ops.cast(labels, "int32"), (-1, 1))
-        return self.network([x_t, t_input, labels], training=training)
+        return network([x_t, t_input, labels], training=training)
 
-    def predict_noise(self, x_t, t, labels=None, guidance_scale=None, training=False):
+    def predict_noise(self, x_t, t, labels=None, guidance_scale=None, training=False,
+                      attention_guidance=None):
         """The model's noise estimate eps_theta(x_t, t) at integer timesteps `t`.
 
         Converts a v or x0 prediction to the noise it implies:
@@ -377,6 +381,9 @@ class DiffusionModel(keras.Model):
             guidance_scale: float (or scalar tensor) or None. None: one pass
                 with `labels` as given.
             training: bool. Passed to the network.
+            attention_guidance: float (or scalar tensor) or None. Perturbed-
+                attention guidance scale s (`keras_ddpm.guidance`): adds
+                s (eps(labels) - eps without attention), one more pass.
 
         Example:
         >>> x_t = keras.random.normal((2, 32, 32, 3))
@@ -385,22 +392,31 @@ class DiffusionModel(keras.Model):
         """
         x_t, t = ops.convert_to_tensor(x_t), ops.convert_to_tensor(t)
         if guidance_scale is None:
-            outputs = self.network_output(x_t, t, labels, training)
-            outputs = ops.cast(outputs, x_t.dtype)
-            return targets.noise_from_prediction(self.prediction, outputs, x_t, t, self.tables)
-        if labels is None or self.num_classes is None:
+            cond = guided = self._noise(self.network, x_t, t, labels, training)
+        elif labels is None or self.num_classes is None:
             raise ValueError(
                 "guidance_scale needs labels and a class-conditional model."
             )
-        labels = ops.cast(labels, "int32")
-        both = self.predict_noise(
-            ops.concatenate([x_t, x_t], axis=0),
-            ops.concatenate([t, t], axis=0),
-            ops.concatenate([labels, ops.full_like(labels, self.num_classes)], axis=0),
-            training=training,
-        )
-        cond, uncond = ops.split(both, 2, axis=0)
-        return uncond + ops.cast(guidance_scale, uncond.dtype) * (cond - uncond)
+        else:
+            labels = ops.cast(labels, "int32")
+            both = self.predict_noise(
+                ops.concatenate([x_t, x_t], axis=0),
+                ops.concatenate([t, t], axis=0),
+                ops.concatenate([labels, ops.full_like(labels, self.num_classes)], axis=0),
+                training=training,
+            )
+            cond, uncond = ops.split(both, 2, axis=0)
+            guided = uncond + ops.cast(guidance_scale, uncond.dtype) * (cond - uncond)
+        if attention_guidance is None:
+            return guided
+        network = guidance.perturbed_attention_network(self.network)
+        perturbed = self._noise(network, x_t, t, labels, training)
+        return guided + ops.cast(attention_guidance, cond.dtype) * (cond - perturbed)
+
+    def _noise(self, network, x_t, t, labels, training):
+        """The noise implied by `network`'s prediction (the model's network or its perturbed copy)."""
+        outputs = ops.cast(self.network_output(x_t, t, labels, training, network), x_t.dtype)
+        return targets.noise_from_prediction(self.prediction, outputs, x_t, t, self.tables)
 
     def score(self, x_t, t, labels=None, guidance_scale=None):
         """The score grad_x log p_t(x_t) = -eps_theta(x_t, t) / sqrt(1 - alphabar_t).
@@ -432,7 +448,8 @@ class DiffusionModel(keras.Model):
         return self.jit_compile if isinstance(self.jit_compile, bool) else False
 
     def sample(self, n, steps=None, eta=0.0, seed=None, sampler=None, clip_x0=None, frames=None,
-               batch_size=None, verbose="auto", labels=None, guidance_scale=None, spacing=None):
+               batch_size=None, verbose="auto", labels=None, guidance_scale=None, spacing=None,
+               attention_guidance=None):
         """Generate `n` images by reverse diffusion from pure noise.
 
         With `steps=None` (or `steps=T`) this is the lecture's ancestral DDPM
@@ -450,12 +467,14 @@ class DiffusionModel(keras.Model):
                 intermediate images (the lecture shows 1000, 200, 50, 0);
                 each is recorded at the first sampled timestep <= it.
             steps, eta, seed, sampler, clip_x0, batch_size, verbose, labels,
-                guidance_scale, spacing: the sampling options, documented
-                with their defaults in `keras_ddpm.sampling_api.SampleOptions`
-                (`steps`: 1..T; `seed`: the same seed gives the same images,
-                also after reloading; `batch_size`: chunks of at most this
-                many images; `labels`, `guidance_scale`: classes and
-                classifier-free guidance of a conditional model).
+                guidance_scale, spacing, attention_guidance: the sampling
+                options, documented with their defaults in
+                `keras_ddpm.sampling_api.SampleOptions` (`steps`: 1..T;
+                `seed`: the same seed gives the same images, also after
+                reloading; `batch_size`: chunks of at most this many images;
+                `labels`, `guidance_scale`: classes and classifier-free
+                guidance of a conditional model; `attention_guidance`:
+                perturbed-attention guidance of a `Unet`, `keras_ddpm.guidance`).
 
         Returns:
             A float32 NumPy array `(n, H, W, C)`, or `(images, frames_dict)`
@@ -471,13 +490,13 @@ class DiffusionModel(keras.Model):
         options = sampling_api.SampleOptions(
             steps=steps, eta=eta, seed=seed, sampler=sampler, clip_x0=clip_x0,
             batch_size=batch_size, verbose=verbose, labels=labels,
-            guidance_scale=guidance_scale, spacing=spacing,
+            guidance_scale=guidance_scale, spacing=spacing, attention_guidance=attention_guidance,
         )
         return self._sampling.sample(n, options, frames, self._sampling_jit())
 
     def inpaint(self, images, mask, steps=None, seed=None, resample=1, eta=0.0, sampler=None,
                 clip_x0=None, batch_size=None, verbose="auto", labels=None, guidance_scale=None,
-                spacing=None):
+                spacing=None, attention_guidance=None):
         """Regenerate the pixels of `images` where `mask` is 0; keep the rest.
 
         RePaint (Lugmayr et al. 2022): run the reverse diffusion from noise,
@@ -497,7 +516,7 @@ class DiffusionModel(keras.Model):
             seed: int or None. Same seed, same result.
             resample: int >= 1. RePaint's number of resamplings per step.
             eta, sampler, clip_x0, batch_size, verbose, labels,
-                guidance_scale, spacing: as in `sample`.
+                guidance_scale, spacing, attention_guidance: as in `sample`.
 
         Returns:
             A float32 NumPy array `(n, H, W, C)`.
@@ -510,7 +529,7 @@ class DiffusionModel(keras.Model):
         options = sampling_api.SampleOptions(
             steps=steps, eta=eta, seed=seed, sampler=sampler, clip_x0=clip_x0,
             batch_size=batch_size, verbose=verbose, labels=labels,
-            guidance_scale=guidance_scale, spacing=spacing,
+            guidance_scale=guidance_scale, spacing=spacing, attention_guidance=attention_guidance,
         )
         return self._sampling.inpaint(images, mask, resample, options, self._sampling_jit())
 

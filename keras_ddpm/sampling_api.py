@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from keras_ddpm import generation, sampling
+from keras_ddpm import generation, guidance, sampling
 
 # Classifier-free guidance scale used when labels are given without a scale:
 # eps = eps(no class) + w * (eps(class) - eps(no class)).
@@ -68,6 +68,9 @@ class SampleOptions:
         spacing: str or None. Timestep spacing of the strided samplers, one
             of `keras_ddpm.sampling.SPACINGS` (None: the sampler's default,
             `"trailing"` for DDIM, today's timesteps).
+        attention_guidance: float >= 0 or None. Perturbed-attention guidance
+            scale (`keras_ddpm.guidance`; networks with self-attention, one
+            more network pass a step); None or 0: off.
 
     Example:
     >>> SampleOptions(steps=20, sampler="dpm++").eta
@@ -84,6 +87,7 @@ class SampleOptions:
     labels: object = None
     guidance_scale: object = None
     spacing: object = None
+    attention_guidance: object = None
 
 
 class SamplingAPI:
@@ -101,6 +105,9 @@ class SamplingAPI:
             `num_classes` is "no class"); None: unconditional.
         variance: str. The ancestral DDPM sampler's noise, one of
             `keras_ddpm.sampling.VARIANCES`.
+        network: `keras.Model` or None. The network behind `predict_noise`,
+            checked for self-attention when a call asks for
+            `attention_guidance` (None: such calls are refused).
 
     Example:
     >>> from keras_ddpm import ddpm_schedule
@@ -111,7 +118,7 @@ class SamplingAPI:
     """
 
     def __init__(self, predict_noise, image_shape, schedule, variables=(), num_classes=None,
-                 variance="beta"):
+                 variance="beta", network=None):
         self.predict_noise = predict_noise
         self.image_shape = tuple(image_shape)
         self.schedule = schedule
@@ -119,7 +126,9 @@ class SamplingAPI:
         self.variables = list(variables)
         self.num_classes = num_classes
         self.variance = variance
-        self._processes = {}  # generation.ReverseProcess, by (guided, jit_compile).
+        self.network = network
+        # generation.ReverseProcess, by (guided, attention-guided, jit_compile).
+        self._processes = {}
 
     def sample(self, n, options=SampleOptions(), frames=None, jit_compile=False):
         """`n` images from pure noise (see `DiffusionModel.sample`).
@@ -193,8 +202,11 @@ class SamplingAPI:
         plan = generation.make_plan(
             sampler, self.schedule, steps, options.spacing, frames, options.verbose, repeats
         )
-        conditions, guided = self.conditions(n, options.labels, options.guidance_scale)
-        return sampler, plan, conditions, self.process(guided, jit_compile)
+        conditions, guided = self.conditions(
+            n, options.labels, options.guidance_scale, options.attention_guidance
+        )
+        perturbed = "attention_guidance" in conditions
+        return sampler, plan, conditions, self.process(guided, jit_compile, perturbed)
 
     def sampler(self, sampler, steps, eta, clip_x0):
         """`(sampler object, steps)` for a call's arguments (`sampling.get_sampler`).
@@ -218,12 +230,14 @@ class SamplingAPI:
         eta = sampling.check_eta(eta)
         return sampling.get_sampler(sampler, eta, clip_x0, self.variance), steps
 
-    def conditions(self, n, labels, guidance_scale):
-        """`(conditions, guided)`: per-image labels `(n,)` and the guidance scale, as arrays.
+    def conditions(self, n, labels, guidance_scale, attention_guidance=None):
+        """`(conditions, guided)`: per-image labels `(n,)` and the guidance scales, as arrays.
 
         `guided` says whether a step needs two network passes (a scale other
         than None, 0 and 1). Without labels every image gets "no class"
         (`num_classes`, or 0 for an unconditional model, which ignores it).
+        An `attention_guidance` scale other than None and 0 is in the
+        conditions as `"attention_guidance"` (checked against `network`).
 
         Example:
         >>> from keras_ddpm import ddpm_schedule
@@ -244,13 +258,20 @@ class SamplingAPI:
             "labels": label_array,
             "guidance_scale": np.float32(1.0 if scale is None else scale),
         }
+        if attention_guidance is not None:
+            if self.network is None:
+                raise ValueError("attention_guidance needs the network: give SamplingAPI one.")
+            attention_guidance = guidance.check_attention_guidance(attention_guidance, self.network)
+        if attention_guidance is not None:
+            conditions["attention_guidance"] = np.float32(attention_guidance)
         return conditions, scale not in (None, 0.0, 1.0)
 
-    def process(self, guided, jit_compile=False):
+    def process(self, guided, jit_compile=False, perturbed=False):
         """The `generation.ReverseProcess` of `predict_noise`, guided or not, cached.
 
-        Its denoising function passes the run's labels (conditional models)
-        and, when `guided`, the guidance scale (two network passes a step).
+        Its denoising function passes the run's labels (conditional models),
+        when `guided` the guidance scale (two network passes a step), and when
+        `perturbed` the attention-guidance scale (one pass more).
 
         Example:
         >>> from keras_ddpm import ddpm_schedule
@@ -259,14 +280,16 @@ class SamplingAPI:
         >>> api.process(guided=False) is api.process(guided=False)
         True
         """
-        key = (guided, jit_compile)
+        key = (guided, perturbed, jit_compile)
         if key not in self._processes:
             conditional = self.num_classes is not None
 
-            def denoise(x_t, t, labels, guidance_scale):
-                return self.predict_noise(
-                    x_t, t, labels if conditional else None, guidance_scale if guided else None
-                )
+            def denoise(x_t, t, labels, guidance_scale, attention_guidance=None):
+                args = (x_t, t, labels if conditional else None,
+                        guidance_scale if guided else None)
+                if perturbed:
+                    return self.predict_noise(*args, attention_guidance=attention_guidance)
+                return self.predict_noise(*args)
 
             self._processes[key] = generation.ReverseProcess(
                 denoise, self.image_shape, self.schedule, self.variables, jit_compile

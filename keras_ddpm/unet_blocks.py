@@ -159,9 +159,32 @@ class AttentionBlock(layers.Layer):
         self.attention.build(sequence_shape, sequence_shape)
 
     def call(self, x):
+        return self.attend(x)
+
+    def attend(self, x, identity=False):
+        """The block's output; with `identity`, each pixel attends only to itself.
+
+        `identity=True` replaces the attention map by the identity matrix
+        (perturbed-attention guidance, `keras_ddpm.guidance`): the same
+        weights, but no pixel sees another.
+
+        Example:
+        >>> block = AttentionBlock()
+        >>> block.attend(keras.ops.ones((1, 2, 2, 8)), identity=True).shape
+        (1, 2, 2, 8)
+        """
+        if not self.built:  # Called directly, not through __call__.
+            self.build(x.shape)
+            self.built = True
         height, width, channels = x.shape[1:]  # Static in a functional network.
         sequence = ops.reshape(self.norm(x), (-1, height * width, channels))
-        attended = self.attention(sequence, sequence)
+        mask = None
+        if identity:
+            pixels = height * width
+            mask = ops.broadcast_to(
+                ops.eye(pixels, dtype="bool"), (ops.shape(sequence)[0], pixels, pixels)
+            )
+        attended = self.attention(sequence, sequence, attention_mask=mask)
         return x + ops.reshape(attended, (-1, height, width, channels))
 
     def compute_output_shape(self, inputs_shape):
