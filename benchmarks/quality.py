@@ -51,7 +51,9 @@ from PIL import Image  # noqa: E402
 import keras_ddpm  # noqa: E402
 from keras_ddpm import diffusion, plotting  # noqa: E402
 import shapes_judge  # noqa: E402
-from sampler_spec import parse_sampler, sampler_label, sampler_text_error  # noqa: E402
+from sampler_spec import (  # noqa: E402
+    parse_sampler, sampler_label, sampler_text_error, sampling_conditions,
+)
 
 # Training configurations: `keras-ddpm train` arguments on top of the CLI defaults.
 ROWS = {
@@ -129,6 +131,9 @@ def parse_args(argv=None):
                         help="a class-conditional model samples every class in equal numbers "
                         "with each of these classifier-free guidance scales (default: the "
                         f"library's {diffusion.DEFAULT_GUIDANCE_SCALE:g}; 1 is plain conditional)")
+    parser.add_argument("--attention-guidance", nargs="+", type=float, default=[0.0],
+                        metavar="S", help="perturbed-attention guidance scales of Unet rows "
+                        "(keras_ddpm.guidance), each with each guidance scale (default: 0, off)")
     parser.add_argument("--n", type=int, default=500, help="samples per row (and real images)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training budget of every row (default: keras-ddpm train's)")
@@ -245,18 +250,6 @@ def save_comparison(samples, real, path):
     Image.fromarray(both).save(path)
 
 
-def sampling_conditions(model, args):
-    """`(suffix, sample options)` per guidance scale: one unconditional entry for
-    an unconditional model; for a conditional one, every class in equal numbers in a
-    seeded random order (as `shapes` draws its labels) with each `--guidance-scales`."""
-    if model.num_classes is None:
-        return [("", {})]
-    rng = np.random.default_rng(args.seed)
-    labels = rng.permutation(np.arange(args.n) % model.num_classes)
-    return [(f" w{scale:g}", {"labels": labels, "guidance_scale": scale})
-            for scale in args.guidance_scales]
-
-
 def score_model(trained, args, judge, reference, real):
     """Samples `trained`'s model with every sampler; returns one result dict per sampler."""
     model = keras.models.load_model(trained.model_path)
@@ -270,7 +263,9 @@ def score_model(trained, args, judge, reference, real):
                             "sampler": sampler_label(name, steps, eta), "n": args.n,
                             "skipped": f"model.sample has no sampler {name!r}"})
             continue
-        for suffix, options in sampling_conditions(model, args):
+        for suffix, options in sampling_conditions(
+                model.num_classes, args.n, args.seed, args.guidance_scales,
+                args.attention_guidance, sep=" "):
             label = sampler_label(name, steps, eta) + suffix
             row = {"row": trained.name, "training": trained.description, "sampler": label,
                    "n": args.n, "train_seconds": trained.train_seconds}

@@ -18,7 +18,8 @@ only Keras and JAX are installed (a GPU machine without TensorFlow). As in
 class in equal numbers with classifier-free guidance (--guidance-scales). Each
 row writes `OUT/<row>.npz`, holding the samples of every sampler as uint8
 images (one array per sampler and guidance scale, named like `ddim-50`,
-`ddim-50-w2` or `ddim-50-eta1-w2`), which `quality.py --samples` scores with
+`ddim-50-w2`, `ddim-50-eta1-w2` or, with --attention-guidance,
+`ddim-50-eta1-w2-pag0.5`), which `quality.py --samples` scores with
 the judge; the table printed last gives the training and sampling times.
 `--time-steps N` trains N steps of each row (after a warm-up) and prints its
 images/s instead: what a budget of steps costs on this machine (200 steps or
@@ -40,7 +41,9 @@ import keras  # noqa: E402
 
 from keras_ddpm import cli, diffusion, plotting  # noqa: E402
 from keras_ddpm.cli import recipe  # noqa: E402
-from sampler_spec import parse_sampler, sampler_label, sampler_text_error  # noqa: E402
+from sampler_spec import (  # noqa: E402
+    parse_sampler, sampler_label, sampler_text_error, sampling_conditions,
+)
 
 # The recipe's arguments shared by every row: float32 everywhere, so that a row
 # trained on a GPU behaves as the CLI's default run on a CPU without bf16.
@@ -71,6 +74,9 @@ def parse_args(argv=None):
                         help="a conditional row samples each class in equal numbers with each "
                         "of these classifier-free guidance scales (default: the library's "
                         f"{diffusion.DEFAULT_GUIDANCE_SCALE:g})")
+    parser.add_argument("--attention-guidance", nargs="+", type=float, default=[0.0],
+                        metavar="S", help="perturbed-attention guidance scales of Unet rows "
+                        "(keras_ddpm.guidance), each with each guidance scale (default: 0, off)")
     parser.add_argument("--sample-batch", type=int, default=500,
                         help="images per compiled sampling chunk")
     parser.add_argument("--save-models", nargs="*", default=[], metavar="ROW",
@@ -85,6 +91,12 @@ def parse_args(argv=None):
     options = parser.parse_args(argv)
     for error in filter(None, map(sampler_text_error, options.samplers)):
         parser.error(error)
+    if any(options.attention_guidance):  # Refused before any row's minutes of training.
+        for text in options.row:
+            name, args = row_arguments(text)
+            if args.network == "naive":
+                parser.error(f"--attention-guidance needs a Unet; row {name!r} is --network "
+                             "naive, which has no self-attention")
     return options
 
 
@@ -152,22 +164,14 @@ def time_row(name, args, data, steps):
             "images_per_s": images_per_s, "epoch_s": len(images) / images_per_s}
 
 
-def sampling_conditions(model, options):
-    """`(suffix, sample options)` per guidance scale, as `quality.py` samples: one
-    unconditional entry, or every class in equal numbers in a seeded random order."""
-    if model.num_classes is None:
-        return [("", {})]
-    labels = np.random.default_rng(0).permutation(np.arange(options.n) % model.num_classes)
-    return [(f"-w{scale:g}", {"labels": labels, "guidance_scale": scale})
-            for scale in options.guidance_scales]
-
-
 def sample_row(model, options):
     """`{sampler label: uint8 samples}` and `{label: seconds}` for every --samplers entry."""
     samples, seconds = {}, {}
     for text in options.samplers:
         name, steps, eta = parse_sampler(text, model.T)
-        for suffix, conditions in sampling_conditions(model, options):
+        for suffix, conditions in sampling_conditions(
+                model.num_classes, options.n, 0, options.guidance_scales,
+                options.attention_guidance):
             label = sampler_label(name, steps, eta) + suffix
             start = time.perf_counter()
             images = model.sample(options.n, steps=steps, sampler=name, eta=eta, seed=1,

@@ -6,7 +6,10 @@
     'ddim-50-eta1'
     >>> sampler_text_error("dpm++:20:1")
     "--samplers 'dpm++:20:1': an ETA in [0, 1] is DDIM's, e.g. ddim:50:1"
+    >>> [suffix for suffix, _ in sampling_conditions(3, 6, 0, [1.5, 2], [0, 0.5])]
+    ['-w1.5', '-w1.5-pag0.5', '-w2', '-w2-pag0.5']
 """
+import numpy as np
 
 
 def parse_sampler(text, T):
@@ -32,3 +35,20 @@ def sampler_text_error(text):
     if eta and (name != "ddim" or not 0.0 <= eta <= 1.0):
         return f"--samplers {text!r}: an ETA in [0, 1] is DDIM's, e.g. ddim:50:1"
     return None
+
+
+def sampling_conditions(num_classes, n, seed, guidance_scales, attention_scales=(0.0,), sep="-"):
+    """`(suffix, sample options)` for every guidance scale and attention-guidance scale.
+
+    An unconditional model (`num_classes` None) gets only the attention-guidance
+    entries; a conditional one samples every class in equal numbers, in a random
+    order drawn from `seed` (as `shapes` draws its labels), with each
+    classifier-free `guidance_scales` entry. An attention-guidance scale of 0 is
+    off (no suffix)."""
+    attention = [(f"{sep}pag{scale:g}", {"attention_guidance": scale}) if scale else ("", {})
+                 for scale in attention_scales]
+    if num_classes is None:
+        return attention
+    labels = np.random.default_rng(seed).permutation(np.arange(n) % num_classes)
+    return [(f"{sep}w{scale:g}{suffix}", {"labels": labels, "guidance_scale": scale, **options})
+            for scale in guidance_scales for suffix, options in attention]

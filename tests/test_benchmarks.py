@@ -57,6 +57,10 @@ def test_recipe_sweep_refuses_a_bad_sampler_before_training(capsys):
         with pytest.raises(SystemExit):
             importlib.import_module("recipe_sweep").main(["--row", "x=", "--samplers", bad])
         assert "--samplers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # The lecture's network has no attention to perturb.
+        importlib.import_module("recipe_sweep").main(
+            ["--row", "x=--network naive", "--attention-guidance", "0.5"])
+    assert "needs a Unet" in capsys.readouterr().err
 
 
 def test_step_profile_times_every_leaf_layer_of_the_network(capsys):

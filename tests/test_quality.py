@@ -133,20 +133,25 @@ def test_samples_option_scores_every_image_array_of_an_npz(quick_cache, tmp_path
 
 
 def test_a_conditional_model_is_sampled_with_every_class_at_each_guidance_scale():
-    class Model:  # What sampling_conditions reads of a DiffusionModel.
-        num_classes = None
+    args = quality.parse_args(["--guidance-scales", "1", "2.5", "--n", "300",
+                               "--attention-guidance", "0", "0.5"])
 
-    args = quality.parse_args(["--guidance-scales", "1", "2.5", "--n", "300"])
-    assert quality.sampling_conditions(Model(), args) == [("", {})]
-    Model.num_classes = 3
-    conditions = quality.sampling_conditions(Model(), args)
-    assert [suffix for suffix, _ in conditions] == [" w1", " w2.5"]
-    assert [options["guidance_scale"] for _, options in conditions] == [1.0, 2.5]
-    labels = conditions[0][1]["labels"]
+    def conditions(num_classes):
+        return quality.sampling_conditions(num_classes, args.n, args.seed, args.guidance_scales,
+                                           args.attention_guidance, sep=" ")
+
+    assert conditions(None) == [("", {}), (" pag0.5", {"attention_guidance": 0.5})]
+    both = conditions(3)
+    assert [suffix for suffix, _ in both] == [" w1", " w1 pag0.5", " w2.5", " w2.5 pag0.5"]
+    assert [options["guidance_scale"] for _, options in both] == [1.0, 1.0, 2.5, 2.5]
+    assert [options.get("attention_guidance") for _, options in both] == [None, 0.5, None, 0.5]
+    labels = both[0][1]["labels"]
     assert labels.shape == (300,) and set(labels.tolist()) == {0, 1, 2}
-    assert np.array_equal(labels, conditions[1][1]["labels"])  # the same labels at every scale
+    for _, options in both[1:]:  # the same labels at every scale
+        assert np.array_equal(labels, options["labels"])
     assert np.bincount(labels).tolist() == [100] * 3  # equal numbers, as in `shapes`
     assert not np.array_equal(labels, np.sort(labels))  # in a random order
+    assert quality.parse_args([]).attention_guidance == [0.0]  # off by default
 
 
 def test_sampler_texts_give_name_steps_and_ddim_eta():
