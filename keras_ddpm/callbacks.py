@@ -51,6 +51,8 @@ class SampleGrid(keras.callbacks.Callback):
         guidance_scale: float or None. As in `DiffusionModel.sample`.
         eta: float in [0, 1]. DDIM's eta when `steps` is fewer than T, as in
             `DiffusionModel.sample` (1 adds DDPM's noise to each step).
+        attention_guidance: float or None. Perturbed-attention guidance, as
+            in `DiffusionModel.sample` (None: off).
 
     Example:
     >>> grids = SampleGrid(every=2, n=16, steps=50, directory="runs/grids")
@@ -69,6 +71,7 @@ class SampleGrid(keras.callbacks.Callback):
         labels=None,
         guidance_scale=None,
         eta=0.0,
+        attention_guidance=None,
     ):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -82,6 +85,7 @@ class SampleGrid(keras.callbacks.Callback):
         self.labels = labels
         self.guidance_scale = guidance_scale
         self.eta = eta
+        self.attention_guidance = attention_guidance
         self.images = {}
         self._writer = None
         self._epochs = None
@@ -111,6 +115,7 @@ class SampleGrid(keras.callbacks.Callback):
                 labels=labels,
                 guidance_scale=self.guidance_scale,
                 eta=self.eta,
+                attention_guidance=self.attention_guidance,
                 verbose=0,
             )
         self.images[done] = images

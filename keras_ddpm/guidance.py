@@ -101,7 +101,7 @@ def perturbed_attention_network(network):
     if not has_attention(network):
         raise ValueError(
             f"attention_guidance needs a network with self-attention (keras_ddpm.Unet); "
-            f"{network.name!r} has no AttentionBlock layer. Leave attention_guidance at None."
+            f"{network.name!r} has no AttentionBlock layer: leave attention_guidance out."
         )
     if network not in _PERTURBED:
         _PERTURBED[network] = keras.models.clone_model(

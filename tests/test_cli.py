@@ -59,6 +59,7 @@ TRAIN_OPTIONS = (
     "--n-samples",
     "--sample-steps",
     "--eta",
+    "--attention-guidance",
     "--clip-x0",
     "--no-clip-x0",
     "--grid-every",
@@ -85,6 +86,7 @@ SAMPLE_OPTIONS = (
     "--labels",
     "--unconditional",
     "--guidance-scale",
+    "--attention-guidance",
     "--sampler",
     "--spacing",
     "--verbose",
@@ -100,6 +102,7 @@ EVALUATE_OPTIONS = (
     "--inception-weights",
     "--unconditional",
     "--guidance-scale",
+    "--attention-guidance",
     "--clip-x0",
     "--no-clip-x0",
     "--eta",
@@ -373,6 +376,41 @@ def test_sample_writes_grid_frames_and_npz(trained_run, tmp_path):
         np.testing.assert_array_equal(arrays["frames"][-1], arrays["images"])
 
 
+def test_sample_guides_a_unet_with_perturbed_attention_by_default(tmp_path):
+    """A Unet model samples with --attention-guidance 0.3 (and, conditional, --guidance-scale
+    1.5) unless told otherwise; NaiveUnet never."""
+    from keras_ddpm.cli import sampling_options
+
+    rng = np.random.default_rng(3)
+    net = keras_ddpm.Unet((32, 32, 3), widths=(8, 16), attention_levels=(1,))
+    for weight in net.weights:  # Random weights: the zero-initialised output conv must matter.
+        if len(weight.shape) > 1:
+            weight.assign(rng.normal(0, 0.2, weight.shape).astype("float32"))
+    model = keras_ddpm.DiffusionModel(net, T=20)
+    model.save(tmp_path / "unet.keras")
+    naive = keras_ddpm.DiffusionModel(keras_ddpm.NaiveUnet((32, 32, 3), n_feat=8), T=20)
+    options = sampling_options.guidance_options
+    assert options(model, None) == {"guidance_scale": None, "attention_guidance": 0.3}
+    assert options(model, [0, 1]) == {"guidance_scale": 1.5, "attention_guidance": 0.3}
+    assert options(model, [0], 3.0, 0.0) == {"guidance_scale": 3.0, "attention_guidance": 0.0}
+    assert options(naive, [0, 1]) == {"guidance_scale": None, "attention_guidance": None}
+
+    def sampled(*extra):
+        npz = tmp_path / f"s{len(extra)}.npz"
+        argv = ["sample", str(tmp_path / "unet.keras"), "--n", "2", "--steps", "2",
+                "--npz", str(npz), "--out", str(tmp_path / "grid.png"), *extra]
+        assert cli.main(argv) == 0
+        with np.load(npz) as arrays:
+            return arrays["images"]
+
+    default, off = sampled(), sampled("--attention-guidance", "0")
+    options = {"steps": 2, "seed": 0, "verbose": 0}
+    np.testing.assert_allclose(default, model.sample(2, attention_guidance=0.3, **options),
+                               atol=1e-5)
+    np.testing.assert_allclose(off, model.sample(2, **options), atol=1e-5)
+    assert np.abs(default - off).max() > 1e-3
+
+
 # --- errors ------------------------------------------------------------------------------
 
 
@@ -422,9 +460,10 @@ def test_sample_bare_network_file(tmp_path, capsys):
         (["--out", "grid.jpg"], ["--out", ".png"]),
         (["--guidance-scale", "2", "--unconditional"], ["--guidance-scale needs", "--labels"]),
         (["--sampler", "dpm++", "--eta", "0.5"], ["--eta applies to the DDIM sampler only"]),
+        (["--attention-guidance", "0.5"], ["--attention-guidance needs", "self-attention"]),
     ],
     ids=["steps-zero", "steps-above-T", "bad-frames", "frames-above-T", "out-not-png",
-         "guidance-without-labels", "eta-deterministic"],
+         "guidance-without-labels", "eta-deterministic", "attention-guidance-naive"],
 )
 def test_sample_bad_options(trained_run, extra_args, words, capsys):
     argv = ["sample", str(trained_run[0] / "model.keras"), "--n", "1"] + extra_args
@@ -447,9 +486,11 @@ def test_sample_bad_options(trained_run, extra_args, words, capsys):
         (["--epochs", "0"], ["--epochs", "positive integer"]),
         (["--seed", "-1"], ["--seed", "0..2147483646"]),
         (["--seed", str(2**40)], ["--seed", "0..2147483646"]),
+        (["--network", "naive", "--attention-guidance", "0.3"],
+         ["--attention-guidance needs", "NaiveUnet"]),
     ],
     ids=["image-size", "dataset", "n-feat", "betas", "sample-steps", "schedule", "epochs", "seed",
-         "seed-too-large"],
+         "seed-too-large", "attention-guidance-naive"],
 )
 def test_train_bad_options(extra_args, words, tmp_path, capsys):
     line = _run_error(["train", "--out", str(tmp_path / "run")] + extra_args, capsys)

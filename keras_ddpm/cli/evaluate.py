@@ -94,7 +94,7 @@ def run(args):
     if model.num_classes is not None and not args.unconditional:
         labels = real_labels
     print(f"Sampling {n} images and comparing with {n} {args.dataset} images ...", flush=True)
-    options = sampling_kwargs(args)
+    options = sampling_kwargs(args, model, labels)
     if labels is None:
         options["guidance_scale"] = None
     fake_images = model.sample(n, labels=labels, **options)

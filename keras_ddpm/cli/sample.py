@@ -104,11 +104,9 @@ def run(args):
     from keras_ddpm import plotting
 
     try:
+        labels = sampling_labels(model, args.labels, args.n, args.unconditional)
         result = model.sample(
-            args.n,
-            frames=args.frames,
-            labels=sampling_labels(model, args.labels, args.n, args.unconditional),
-            **sampling_kwargs(args),
+            args.n, frames=args.frames, labels=labels, **sampling_kwargs(args, model, labels)
         )
     except (ValueError, TypeError) as error:  # Named as options, not Python parameters.
         raise common.CommandError(in_option_names(common.one_line(error))) from error

@@ -16,7 +16,7 @@ import json
 import os
 import pathlib
 
-from keras_ddpm.cli import common, recipe
+from keras_ddpm.cli import common, recipe, sampling_options
 from keras_ddpm.cli.sampling_options import classes_in_turn
 
 LOCK_NAME = ".keras-ddpm.lock"
@@ -290,6 +290,13 @@ def _add_output_arguments(train):
         "a briefly trained model, BENCHMARKS.md), 0 is deterministic",
     )
     output.add_argument(
+        "--attention-guidance",
+        metavar="S",
+        type=common.non_negative_float,
+        default=None,
+        help="of OUT/samples.png and the grids: " + sampling_options.ATTENTION_GUIDANCE_HELP,
+    )
+    output.add_argument(
         "--clip-x0",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -350,6 +357,11 @@ def run(args):
     # Every setting and output folder is checked before the slow work starts.
     if args.sample_steps is not None and args.sample_steps > args.T:
         raise common.CommandError(f"--sample-steps must be in 1..T = 1..{args.T}, got {args.sample_steps}")
+    if args.attention_guidance and args.network == "naive":
+        raise common.CommandError(
+            "--attention-guidance needs a network with self-attention (--network unet); "
+            "the lecture's NaiveUnet has none: leave the option out"
+        )
     out_dir = pathlib.Path(args.out)
     checkpoint_dir = pathlib.Path(args.checkpoint_dir) if args.checkpoint_dir else None
     common.check_writable(out_dir, "--out", folder=True)
@@ -427,9 +439,11 @@ def _write_outputs(args, model, history, out_dir):
         temp.write_text(json.dumps(losses, indent=2) + "\n")
     print(f"Sampling {args.n_samples} images ...", flush=True)
     steps = args.sample_steps or min(SAMPLE_STEPS, model.T)
+    labels = classes_in_turn(model, args.n_samples)
     images = model.sample(
         args.n_samples, steps=steps, eta=args.eta, seed=args.seed, clip_x0=args.clip_x0,
-        labels=classes_in_turn(model, args.n_samples),
+        labels=labels,
+        **sampling_options.guidance_options(model, labels, None, args.attention_guidance),
     )
     plotting.save_image_grid(images, paths["samples"])
     for name, path in paths.items():
@@ -565,6 +579,7 @@ def _train_callbacks(args, model, out_dir):
     callbacks = []
     if args.log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=args.log_dir))
+    labels = classes_in_turn(model, args.n_samples)
     callbacks.append(
         SampleGrid(
             every=args.grid_every,
@@ -573,8 +588,9 @@ def _train_callbacks(args, model, out_dir):
             seed=args.seed,
             directory=out_dir / "grids",
             log_dir=args.log_dir,
-            labels=classes_in_turn(model, args.n_samples),
+            labels=labels,
             eta=args.eta,
+            **sampling_options.guidance_options(model, labels, None, args.attention_guidance),
         )
     )
     return callbacks
