@@ -185,8 +185,10 @@ def run_unet_recipe(out_dir):
         for v, a in zip(model.network.trainable_variables, average)
     )
     samples = model.sample(2, steps=3, seed=0, verbose=0)
+    guided = model.sample(2, steps=3, seed=0, verbose=0, attention_guidance=0.5)
     model.save(out_dir / "unet.keras")
     reloaded = keras.models.load_model(out_dir / "unet.keras")
+    reloaded_guided = reloaded.sample(2, steps=3, seed=0, verbose=0, attention_guidance=0.5)
     return {
         "bf16_losses": losses,
         "bf16_compute_dtype": model.network.get_layer("stem").compute_dtype,
@@ -194,6 +196,9 @@ def run_unet_recipe(out_dir):
         "unet_average_error": error,
         "unet_updates": float(np.asarray(model.weight_average.updates)),
         "unet_reload_error": float(np.abs(reloaded.sample(2, steps=3, seed=0, verbose=0) - samples).max()),
+        "attention_guidance_change": float(np.abs(guided - samples).max()),
+        "attention_guidance_finite": bool(np.all(np.isfinite(guided))),
+        "attention_guidance_reload_error": float(np.abs(reloaded_guided - guided).max()),
     }, samples
 
 
@@ -302,6 +307,10 @@ if __name__ != "__main__":
         assert results["unet_updates"] == 3
         assert results["unet_average_error"] < 1e-5
         assert results["unet_reload_error"] < 1e-5
+        # Perturbed-attention guidance runs in the compiled JAX loop, changes the samples and
+        # reproduces them after reloading.
+        assert results["attention_guidance_finite"] and results["attention_guidance_change"] > 1e-3
+        assert results["attention_guidance_reload_error"] < 1e-5
 
     @pytest.mark.slow
     def test_model_trained_with_jax_loads_with_tensorflow(jax_session):

@@ -238,7 +238,9 @@ def test_improvements_notebook_guides_inpaints_and_averages(kernel, tmp_path):
         "dict(schedule=model.schedule, classes=model.num_classes, loss=history.history['loss'], "
         "scales=sorted(guided), shapes=[list(guided[w].shape) for w in sorted(guided)], "
         "n=len(labels), inpainted=list(completed.shape), weight_change=weight_change, "
-        "raw_differs=bool(np.any(raw_images != ema_images)))",
+        "raw_differs=bool(np.any(raw_images != ema_images)), "
+        "attention_scales=sorted(attention_guided), "
+        "attention_changes=bool(np.any(attention_guided[0.3] != attention_guided[0.0])))",
     )
     assert result["schedule"] == "cosine" and result["classes"] == 3
     # Two steps, one per epoch, in quick mode: too few for the loss to fall reliably (it
@@ -247,6 +249,7 @@ def test_improvements_notebook_guides_inpaints_and_averages(kernel, tmp_path):
     assert result["scales"] == [0.0, 1.0, 2.0, 4.0]
     assert all(shape == [result["n"], 32, 32, 3] for shape in result["shapes"])
     assert result["inpainted"] == [4, 32, 32, 3]
+    assert result["attention_scales"] == [0.0, 0.3, 1.0] and result["attention_changes"]
     # fit left the averaged weights in the model, and they differ from the last ones.
     assert result["weight_change"] > 0 and result["raw_differs"]
     assert (tmp_path / "outputs" / "conditional.keras").exists()
