@@ -235,6 +235,13 @@ def test_train_init_fine_tunes_a_saved_model_on_one_class(trained_run, tmp_path)
         ])
     assert status == 0
     assert "Fine-tuning" in printed.getvalue() and "classes disc" in printed.getvalue()
+    # The lecture's network has no attention to guide with: refused before training.
+    refused = ["train", "--init", str(out_dir / "model.keras"), "--attention-guidance", "0.3",
+               "--epochs", "1", "--out", str(tmp_path / "refused")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(refused)
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "refused" / "model.keras").exists()
     original = keras.models.load_model(out_dir / "model.keras")
     tuned = keras.models.load_model(tmp_path / "model.keras")
     assert tuned.T == original.T == 20  # the saved model's settings, not the defaults

@@ -24,8 +24,8 @@ GUIDANCE_SCALE_WITH_ATTENTION = 1.5
 ATTENTION_GUIDANCE_HELP = (
     "perturbed-attention guidance (keras_ddpm.guidance): steer each step away from what "
     "the network predicts with its self-attention switched off, at one more network pass "
-    "a step; 0 is off (default: {default:g} for a Unet, with --guidance-scale {scale:g}; "
-    "off for NaiveUnet, which has no attention)"
+    "a step; 0 is off (default: {default:g} for a Unet, then with classifier-free guidance "
+    "{scale:g} for a conditional one; off for NaiveUnet, which has no attention)"
 ).format(default=DEFAULT_ATTENTION_GUIDANCE, scale=GUIDANCE_SCALE_WITH_ATTENTION)
 
 # keras_ddpm.sampling.SAMPLERS and SPACINGS, written out so that --help does not

@@ -508,6 +508,13 @@ def _build_model(args, image_shape, num_classes):
                 f"--init model {args.init!r} makes {model.image_shape} images but "
                 f"{args.dataset} gives {image_shape}; pass --image-size to match"
             )
+        from keras_ddpm import guidance
+
+        if args.attention_guidance and not guidance.has_attention(model.network):
+            raise common.CommandError(
+                f"--attention-guidance needs a network with self-attention; the --init model "
+                f"{args.init!r} has none: leave the option out"
+            )
         return model
     return recipe.new_model(args, image_shape, num_classes)
 
