@@ -389,7 +389,7 @@ def test_sample_guides_a_unet_with_perturbed_attention_by_default(tmp_path):
     from keras_ddpm.cli import sampling_options
 
     rng = np.random.default_rng(3)
-    net = keras_ddpm.Unet((32, 32, 3), widths=(8, 16), attention_levels=(1,))
+    net = keras_ddpm.Unet((32, 32, 3), widths=(8, 16), attention_levels=(1,), patch_size=2)
     for weight in net.weights:  # Random weights: the zero-initialised output conv must matter.
         if len(weight.shape) > 1:
             weight.assign(rng.normal(0, 0.2, weight.shape).astype("float32"))
@@ -403,11 +403,11 @@ def test_sample_guides_a_unet_with_perturbed_attention_by_default(tmp_path):
     assert options(naive, [0, 1]) == {"guidance_scale": None, "attention_guidance": None}
 
     npz = tmp_path / "samples.npz"
-    assert cli.main(["sample", str(tmp_path / "unet.keras"), "--n", "2", "--steps", "2",
+    assert cli.main(["sample", str(tmp_path / "unet.keras"), "--n", "2", "--steps", "1",
                      "--npz", str(npz), "--out", str(tmp_path / "grid.png")]) == 0
     with np.load(npz) as arrays:
         default = arrays["images"]
-    options = {"steps": 2, "seed": 0, "verbose": 0}
+    options = {"steps": 1, "seed": 0, "verbose": 0}
     np.testing.assert_allclose(default, model.sample(2, attention_guidance=0.3, **options),
                                atol=1e-5)
     assert np.abs(default - model.sample(2, **options)).max() > 1e-3

@@ -87,7 +87,7 @@ def test_predict_noise_adds_the_attention_guidance_term():
 
 def test_sample_with_attention_guidance(tmp_path):
     model = conditional_model()
-    options = {"steps": 3, "seed": 0, "labels": [0, 1, 2, 0], "verbose": 0}
+    options = {"steps": 2, "seed": 0, "labels": [0, 1, 2, 0], "verbose": 0}
     plain = model.sample(4, **options)
     np.testing.assert_array_equal(model.sample(4, attention_guidance=0, **options), plain)
     guided = model.sample(4, attention_guidance=0.5, **options)
