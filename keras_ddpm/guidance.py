@@ -99,10 +99,7 @@ def perturbed_attention_network(network):
     True
     """
     if not has_attention(network):
-        raise ValueError(
-            f"attention_guidance needs a network with self-attention (keras_ddpm.Unet); "
-            f"{network.name!r} has no AttentionBlock layer: leave attention_guidance out."
-        )
+        raise ValueError(_no_attention_message(network))
     if network not in _PERTURBED:
         _PERTURBED[network] = keras.models.clone_model(
             network,
@@ -134,5 +131,12 @@ def check_attention_guidance(scale, network):
     if scale == 0:
         return None
     if not has_attention(network):
-        perturbed_attention_network(network)  # Raises the error that says what to do.
+        raise ValueError(_no_attention_message(network))
     return float(scale)
+
+
+def _no_attention_message(network):
+    return (
+        f"attention_guidance needs a network with self-attention (keras_ddpm.Unet); "
+        f"{network.name!r} has no AttentionBlock layer: leave attention_guidance out."
+    )
