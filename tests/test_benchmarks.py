@@ -80,3 +80,18 @@ def test_gpu_benchmark_builds_the_ddpm_papers_cifar10_network():
     network = gpu_scale.ho_cifar10()
     assert network.count_params() - 35_746_307 == (512 - 128) * 512
     assert network.output_shape == (None,) + gpu_scale.SHAPE
+
+
+def test_xla_benchmark_table_gives_medians_and_ratios():
+    """`xla_cpu.table_rows`: medians of the rounds, XLA over no XLA for training speed and
+    no XLA over XLA for sampling time (above 1: XLA faster in both)."""
+    import xla_cpu
+
+    results = {
+        False: {"first_s": 10.0, "images_per_s": [100.0, 50.0, 120.0], "sample_s": [3.0, 5.0]},
+        True: {"first_s": 20.0, "images_per_s": [200.0, 180.0, 150.0], "sample_s": [2.0]},
+    }
+    rows = {row[1]: row for row in xla_cpu.table_rows("unet", results)}
+    assert rows["training images/s (median)"][2:5] == ["180.0", "100.0", "1.80x"]
+    assert rows["first fit s (tracing, compiling)"][4] == "2.00x"
+    assert rows["sampling s, DDIM-50 (median)"][2:5] == ["2.00", "4.00", "2.00x"]

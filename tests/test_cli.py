@@ -198,6 +198,8 @@ def test_train_writes_model_samples_and_history(trained_run):
 
     model = keras.models.load_model(model_path)
     assert isinstance(model, keras_ddpm.DiffusionModel)
+    # The lecture's network keeps Keras' auto: no XLA without a GPU (slower on a CPU).
+    assert "XLA off" in printed
     assert model.T == 20
     # --precision auto (the default) picks by the hardware, says so, and saves the choice.
     from keras_ddpm.precision import auto_precision, bfloat16_support
@@ -692,6 +694,26 @@ def test_ctrl_c_is_one_line_that_says_what_was_kept(tmp_path, capsys):
     assert not (out_dir / "model.keras").exists()
 
 
+def test_xla_by_default_for_a_float32_unet_only():
+    """--jit-compile's default (`common.resolve_jit_compile`): XLA for a float32 Unet,
+    Keras' auto for NaiveUnet and for bfloat16; a given option always wins."""
+    from keras_ddpm.cli.common import resolve_jit_compile
+    from keras_ddpm.precision import dtype_policy
+
+    def model(network):
+        return keras_ddpm.DiffusionModel(network, T=10)
+
+    unet = model(keras_ddpm.Unet((16, 16, 3), widths=(8, 16), attention_levels=()))
+    naive = model(keras_ddpm.NaiveUnet((32, 32, 3), n_feat=8))
+    with dtype_policy("mixed_bfloat16"):
+        bf16_unet = model(keras_ddpm.Unet((16, 16, 3), widths=(8, 16), attention_levels=()))
+    assert resolve_jit_compile(None, unet) is True
+    assert resolve_jit_compile(None, naive) == "auto"
+    assert resolve_jit_compile(None, bf16_unet) == "auto"
+    assert resolve_jit_compile(False, unet) is False
+    assert resolve_jit_compile(True, naive) is True
+
+
 def test_train_unet_with_the_recipe_options(tmp_path, capsys):
     out_dir = tmp_path / "unet"
     args = [
@@ -703,8 +725,12 @@ def test_train_unet_with_the_recipe_options(tmp_path, capsys):
         "--n-samples", "2", "--grid-steps", "2", "--sample-steps", "2", "--out", str(out_dir),
     ]
     assert cli.main(args) == 0
-    assert "Training Unet (widths=8,16, 2x2 patches)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Training Unet (widths=8,16, 2x2 patches)" in printed
     model = keras.models.load_model(out_dir / "model.keras")
+    # A float32 Unet compiles with XLA by default, on a CPU too (--precision auto picks
+    # mixed_bfloat16 on a CPU with bf16 units, where XLA is left to Keras: off on a CPU).
+    assert ("XLA on" if model.dtype_policy.name == "float32" else "XLA off") in printed
     assert model.network.get_layer("stem").input.shape == (None, 16, 16, 12)
     blocks = [layer for layer in model.network.layers
               if isinstance(layer, keras_ddpm.ResidualBlock)]

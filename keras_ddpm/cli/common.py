@@ -40,8 +40,9 @@ CLIP_X0_HELP = (
 
 JIT_COMPILE_HELP = (
     "compile with XLA (training and the sampling loop); --no-jit-compile turns it off "
-    "(default: Keras' auto, on with a GPU and off on CPU-only machines, where XLA was "
-    "measured slower; the JAX backend always compiles its sampler with XLA)"
+    "(default: on for a Unet computing in float32, which XLA makes faster on a CPU too; "
+    "otherwise Keras' auto, on with a GPU and off on CPU-only machines, where XLA was "
+    "measured slower for NaiveUnet; the JAX backend always compiles with XLA)"
 )
 
 
@@ -215,6 +216,31 @@ def load_diffusion_model(path):
             "(a bare network cannot sample)"
         )
     return model
+
+
+def resolve_jit_compile(option, model):
+    """The `jit_compile` of `model` for --jit-compile's `option` (None when not given).
+
+    Without the option: XLA for a network of `keras_ddpm.Unet`'s residual blocks
+    computing in float32 on TensorFlow, and Keras' "auto" otherwise (XLA on a GPU,
+    not on a CPU). On a 2-core CPU XLA trains the default Unet about 1.3x faster
+    and samples it 1.45x faster, but trains the lecture's NaiveUnet 0.83x as fast
+    (`benchmarks/xla_cpu.py`, BENCHMARKS.md); bfloat16 on a CPU is not measured.
+
+    Example:
+    >>> resolve_jit_compile(False, model=None)
+    False
+    """
+    if option is not None:
+        return option
+    import keras
+
+    from keras_ddpm.unet_blocks import ResidualBlock
+
+    if (keras.backend.backend() == "tensorflow" and model.dtype_policy.name == "float32"
+            and any(isinstance(layer, ResidualBlock) for layer in model.network.layers)):
+        return True
+    return "auto"
 
 
 def one_line(error, max_length=MAX_MESSAGE_LENGTH):

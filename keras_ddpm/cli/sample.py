@@ -96,9 +96,8 @@ def run(args):
     paths = output_paths(args)  # Before the (slow) sampling.
     common.import_keras(args.verbose)
     model = common.load_diffusion_model(args.model)
-    # None lets Keras resolve "auto" for this machine (the file keeps the
-    # setting resolved where the model was trained).
-    model.jit_compile = args.jit_compile
+    # As `train` resolves it, so that a run's samples.png and `sample` agree.
+    model.jit_compile = common.resolve_jit_compile(args.jit_compile, model)
     import numpy as np
 
     from keras_ddpm import plotting

@@ -399,7 +399,7 @@ def _train(args, out_dir, checkpoint_dir):
         first_epoch=backup.completed_epochs if backup is not None else 0,
     )
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        jit_compile = "auto" if args.jit_compile is None else args.jit_compile
+        jit_compile = common.resolve_jit_compile(args.jit_compile, model)
         # An endless stream of epochs (a resumable run) says how many steps make one.
         steps_per_epoch = getattr(dataset, "steps_per_epoch", None) or int(dataset.cardinality())
         optimizer = recipe.make_optimizer(args, steps_per_epoch if steps_per_epoch > 0 else None)
