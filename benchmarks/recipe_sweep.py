@@ -84,6 +84,9 @@ def parse_args(argv=None):
     parser.add_argument("--time-steps", type=int, default=None, metavar="N",
                         help="only time N training steps per row (images/s) and stop; 200 or "
                         "more on a CPU")
+    parser.add_argument("--steps-per-execution", type=int, default=1, metavar="N",
+                        help="training steps per compiled call: on a GPU 16 saves dispatch "
+                        "time and trains the same model (BENCHMARKS.md)")
     parser.add_argument("--out-dir", default="runs/sweep", help="where the .npz files go")
     parser.add_argument("--quick", action="store_true",
                         help="train with tf.functions run eagerly: a smoke test, whose few "
@@ -129,16 +132,18 @@ def row_classes(args, labels):
     return None if labels is None or args.conditional is False else int(labels.max()) + 1
 
 
-def trained_model(args, data, steps=None, eager=False):
-    """The row's model, compiled with its optimizer (run eagerly with `eager`) and fitted
-    on `data = (images, labels)` (`steps` steps, or --epochs)."""
+def trained_model(args, data, steps=None, eager=False, steps_per_execution=1):
+    """The row's model, compiled with its optimizer (run eagerly with `eager`,
+    `steps_per_execution` steps per call) and fitted on `data = (images, labels)`
+    (`steps` steps, or --epochs)."""
     keras.utils.set_random_seed(args.seed)
     images, labels = data
     num_classes = row_classes(args, labels)
     images = images[: args.num_examples]  # --num-examples: the first N, as load_dataset
     model = recipe.new_model(args, IMAGE_SHAPE, num_classes)
     steps_per_epoch = len(images) // args.batch_size
-    model.compile(optimizer=recipe.make_optimizer(args, steps_per_epoch), run_eagerly=eager)
+    model.compile(optimizer=recipe.make_optimizer(args, steps_per_epoch), run_eagerly=eager,
+                  steps_per_execution=steps_per_execution)
     # Whole batches only: as `load_dataset`'s stream.
     used = (steps or steps_per_epoch) * args.batch_size
     x = images[:used].astype("float32") / 127.5 - 1.0
@@ -190,7 +195,8 @@ def sweep(options, data, out_dir):
     for text in options.row:
         name, args = row_arguments(text)
         start = time.perf_counter()
-        model, history = trained_model(args, data, eager=options.quick)
+        model, history = trained_model(args, data, eager=options.quick,
+                                       steps_per_execution=options.steps_per_execution)
         train_s = time.perf_counter() - start
         samples, sample_s = sample_row(model, options)
         np.savez_compressed(out_dir / f"{name}.npz", **samples)

@@ -40,6 +40,7 @@ def test_recipe_sweep_trains_the_cli_recipe_and_writes_its_samples(tmp_path, cap
     out = run_main("recipe_sweep", [
         "--data", str(np_path), "--out-dir", str(tmp_path), "--row", row,
         "--samplers", "ddim:3:1", "ddpm", "--n", "4", "--save-models", "tiny", "--quick",
+        "--steps-per-execution", "2",
     ], capsys)
     assert "| tiny | --network naive" in out
     # Conditional on the file's labels, as `train` on shapes: sampled with guidance 2;
@@ -48,7 +49,9 @@ def test_recipe_sweep_trains_the_cli_recipe_and_writes_its_samples(tmp_path, cap
         assert sorted(samples.files) == ["ddim-3-eta1-w2", "ddpm-20-w2"]
         ddpm = samples["ddpm-20-w2"]
         assert ddpm.shape == (4, 32, 32, 3) and ddpm.dtype == np.uint8
-    assert keras.models.load_model(tmp_path / "tiny.keras").num_classes == 3
+    model = keras.models.load_model(tmp_path / "tiny.keras")
+    assert model.num_classes == 3
+    assert int(model.optimizer.iterations.numpy()) == 4  # 64 images at batch 16, 2 per call.
 
 
 @pytest.mark.slow
