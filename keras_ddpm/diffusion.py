@@ -30,7 +30,7 @@ DEFAULT_GUIDANCE_SCALE = sampling_api.DEFAULT_GUIDANCE_SCALE
 # The settings that `get_config` saves as they are (besides name, network, dtype).
 _CONFIG_SCALARS = (
     "beta1", "beta2", "T", "schedule", "variance", "prediction", "num_classes",
-    "cond_drop_prob", "seed", "loss_weighting", "min_snr_gamma", "ema_decay",
+    "cond_drop_prob", "seed", "loss_weighting", "min_snr_gamma", "ema_decay", "noise_offset",
 )
 
 # Seeds are 0..MAX_SEED (TensorFlow's stateless seeds are int32).
@@ -81,6 +81,11 @@ class DiffusionModel(keras.Model):
             (`keras_ddpm.ema`); `fit` ends with the averages in the network,
             so sampling and the saved model use them, and starts by putting
             the training weights back. None: no average (the lecture's).
+        noise_offset: float >= 0. "Offset noise" (Guttenberg 2023): the
+            training noise of each image gets a constant per channel,
+            `noise_offset` times a standard normal draw, so the network learns
+            to correct an image whose colours are off as a whole. 0: plain
+            Gaussian noise (the lecture's).
         **kwargs: standard `keras.Model` arguments (`name`...).
 
     Example:
@@ -99,7 +104,8 @@ class DiffusionModel(keras.Model):
 
     def __init__(self, network, beta1=1e-4, beta2=0.02, T=1000, schedule="linear",
                  variance="beta", prediction="epsilon", num_classes=None, cond_drop_prob=0.1,
-                 seed=None, loss_weighting=None, min_snr_gamma=5.0, ema_decay=None, **kwargs):
+                 seed=None, loss_weighting=None, min_snr_gamma=5.0, ema_decay=None,
+                 noise_offset=0.0, **kwargs):
         # Mixed precision: the model follows its network's dtype policy (the
         # global one when it was built), so compile adds loss scaling for
         # mixed_float16; the policy is saved with the model.
@@ -124,6 +130,7 @@ class DiffusionModel(keras.Model):
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = float(min_snr_gamma)
         self.ema_decay = None if ema_decay is None else float(ema_decay)
+        self.noise_offset = _check_noise_offset(noise_offset)
         self.weight_average = None
         if ema_decay is not None:
             self.weight_average = WeightAverage(ema_decay, name="weight_average")
@@ -274,7 +281,8 @@ class DiffusionModel(keras.Model):
         On TensorFlow the draws are stateless (`keras_ddpm.tf_steps.training_draws`):
         each replica draws its own, and in training (`step`, the optimizer's
         step count, given) the draws of step k are the same whether or not the
-        run was resumed from a checkpoint.
+        run was resumed from a checkpoint. With `noise_offset`, each image's
+        noise gets `noise_offset` times a standard normal constant per channel.
 
         Example:
         >>> t, noises = model.training_draws((4, 32, 32, 3))
@@ -282,11 +290,20 @@ class DiffusionModel(keras.Model):
         ((4,), (4, 32, 32, 3))
         """
         if keras.backend.backend() == "tensorflow":
-            return tf_steps.training_draws(self, image_shape, step)
-        t = keras.random.randint(
-            image_shape[:1], 1, self.T + 1, dtype="int32", seed=self.seed_generator
-        )
-        return t, keras.random.normal(image_shape, seed=self.seed_generator)
+            t, noises = tf_steps.training_draws(self, image_shape, step)
+        else:
+            t = keras.random.randint(
+                image_shape[:1], 1, self.T + 1, dtype="int32", seed=self.seed_generator
+            )
+            noises = keras.random.normal(image_shape, seed=self.seed_generator)
+        if not self.noise_offset:
+            return t, noises
+        offsets_shape = (image_shape[0], 1, 1, image_shape[-1])
+        if keras.backend.backend() == "tensorflow":
+            offsets = tf_steps.offset_draws(self, offsets_shape, step)
+        else:
+            offsets = keras.random.normal(offsets_shape, seed=self.seed_generator)
+        return t, noises + self.noise_offset * offsets
 
     def fit(self, x=None, *args, **kwargs):
         """`keras.Model.fit`; a `tf.data.Dataset` is not reshuffled by Keras.
@@ -549,6 +566,16 @@ class DiffusionModel(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
+
+
+def _check_noise_offset(noise_offset):
+    if isinstance(noise_offset, bool) or not isinstance(noise_offset, (int, float)) or not (
+        0.0 <= noise_offset < float("inf")
+    ):
+        raise ValueError(
+            f"noise_offset must be a number >= 0 (0: no offset noise), got {noise_offset!r}."
+        )
+    return float(noise_offset)
 
 
 def _first_images(x):

@@ -101,5 +101,21 @@ def label_draws(model, shape, step=None):
     return tf.random.stateless_uniform(shape, seed)
 
 
+def offset_draws(model, shape, step=None):
+    """Stateless standard normal draws for `noise_offset`, shape `(batch, 1, 1, C)`.
+
+    Seeded as `training_draws` (with another stream), so each replica draws its
+    own and a resumed run draws the same.
+
+    Example:
+    >>> offset_draws(model, (4, 1, 1, 3), step=0).shape
+    TensorShape([4, 1, 1, 3])
+    """
+    import tensorflow as tf
+
+    seed = tf.random.experimental.stateless_fold_in(_step_seed(model, step), 11)
+    return tf.random.stateless_normal(shape, seed)
+
+
 def _step_seed(model, step):
     return distribute.step_seed(model._step_seed, step, model.seed_generator)

@@ -52,6 +52,7 @@ TRAIN_OPTIONS = (
     "--clipnorm",
     "--loss-weighting",
     "--min-snr-gamma",
+    "--noise-offset",
     "--seed",
     "--precision",
     "--jit-compile",
@@ -492,9 +493,10 @@ def test_sample_bad_options(trained_run, extra_args, words, capsys):
         (["--seed", str(2**40)], ["--seed", "0..2147483646"]),
         (["--network", "naive", "--attention-guidance", "0.3"],
          ["--attention-guidance needs", "NaiveUnet"]),
+        (["--noise-offset", "-0.1"], ["--noise-offset", "a number >= 0"]),
     ],
     ids=["image-size", "dataset", "n-feat", "betas", "sample-steps", "schedule", "epochs", "seed",
-         "seed-too-large", "attention-guidance-naive"],
+         "seed-too-large", "attention-guidance-naive", "noise-offset"],
 )
 def test_train_bad_options(extra_args, words, tmp_path, capsys):
     line = _run_error(["train", "--out", str(tmp_path / "run")] + extra_args, capsys)
@@ -722,6 +724,7 @@ def test_train_unet_with_the_recipe_options(tmp_path, capsys):
         "--patch-size", "2", "--dropout", "0.1", "--ema", "0.9", "--warmup-steps", "3",
         "--lr", "0.01",
         "--clipnorm", "0.5", "--loss-weighting", "min_snr", "--min-snr-gamma", "2",
+        "--noise-offset", "0.2",
         "--n-samples", "2", "--grid-steps", "2", "--sample-steps", "2", "--out", str(out_dir),
     ]
     assert cli.main(args) == 0
@@ -740,6 +743,7 @@ def test_train_unet_with_the_recipe_options(tmp_path, capsys):
     assert len([layer for layer in model.network.layers
                 if isinstance(layer, keras_ddpm.AttentionBlock)]) == 1
     assert (model.ema_decay, model.loss_weighting, model.min_snr_gamma) == (0.9, "min_snr", 2.0)
+    assert model.noise_offset == 0.2
     assert (model.prediction, model.schedule) == ("v", "cosine")
     assert float(model.weight_average.updates.numpy()) == 5  # 1 epoch of 5 steps.
     optimizer = model.optimizer

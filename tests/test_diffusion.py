@@ -193,3 +193,30 @@ def test_training_draws_of_a_step_are_fixed_by_the_seed_and_step():
     assert not np.allclose(ops.convert_to_numpy(draws[0][1]), ops.convert_to_numpy(draws[2][1]))
     later = ops.convert_to_numpy(first.training_draws((4,) + SHAPE, step=4)[1])
     assert not np.allclose(later, ops.convert_to_numpy(draws[0][1]))
+
+
+def test_noise_offset_adds_one_normal_constant_per_image_and_channel():
+    """Offset noise: the draws of `noise_offset=s` are the plain draws (same seed, same
+    step) plus s times a standard normal constant per image and channel; 0 is off."""
+    shape = (512, 4, 4, 3)
+    plain = DiffusionModel(tiny_network(), T=10, seed=5)
+    offset = DiffusionModel(tiny_network(), T=10, seed=5, noise_offset=0.5)
+    t_plain, noises_plain = plain.training_draws(shape, step=3)
+    t_offset, noises_offset = offset.training_draws(shape, step=3)
+    np.testing.assert_array_equal(ops.convert_to_numpy(t_offset), ops.convert_to_numpy(t_plain))
+    added = ops.convert_to_numpy(noises_offset) - ops.convert_to_numpy(noises_plain)
+    np.testing.assert_allclose(added, np.broadcast_to(added[:, :1, :1, :], shape), atol=1e-6)
+    constants = added[:, 0, 0, :]
+    assert 0.45 < constants.std() < 0.55 and abs(constants.mean()) < 0.06  # 1536 draws
+    assert abs(np.corrcoef(constants[:, 0], constants[:, 1])[0, 1]) < 0.15
+    again = ops.convert_to_numpy(offset.training_draws(shape, step=3)[1])
+    np.testing.assert_array_equal(again, ops.convert_to_numpy(noises_offset))  # step-seeded
+
+    restored = DiffusionModel.from_config(offset.get_config())
+    assert restored.noise_offset == 0.5
+    old_config = plain.get_config()
+    del old_config["noise_offset"]  # a model saved before the option
+    assert DiffusionModel.from_config(old_config).noise_offset == 0.0
+    for bad in (-0.1, float("nan"), True, "0.2"):
+        with pytest.raises(ValueError, match="noise_offset must be a number >= 0"):
+            DiffusionModel(tiny_network(), T=10, noise_offset=bad)
