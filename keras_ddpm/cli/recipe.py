@@ -122,7 +122,7 @@ def add_recipe_arguments(optimization):
         default=DEFAULTS["noise_offset"],
         help="offset noise: add SCALE times a normal draw per image and channel to the training "
         "noise, so the network learns to correct colours that are off as a whole (0.2 lifted "
-        "one shapes run from 0.75 to 0.96 valid; one run, BENCHMARKS.md); 0: off",
+        "two shapes runs to 0.95-0.96 valid, BENCHMARKS.md); 0: off",
     )
 
 
