@@ -614,14 +614,19 @@ def header_lines(info):
     ]
 
 
-def report(info, rows):
-    """Print the header and the one Markdown table of comparisons."""
-    lines = [""] + header_lines(info) + [
-        "",
-        "| Comparison | Measured | Against | Ratio | Target | Note |",
-        "| --- | ---: | ---: | ---: | --- | --- |",
+COMPARISON_COLUMNS = ("Comparison", "Measured", "Against", "Ratio", "Target", "Note")
+
+
+def report(info, rows, columns=COMPARISON_COLUMNS, aligns="lrrrll", notes=()):
+    """Print the header, `notes` (lines) and the one Markdown table of `rows`.
+
+    `columns` names the table's columns; `aligns` says per column "l" (left) or
+    "r" (right, for numbers).
+    """
+    rule = ["---:" if align == "r" else "---" for align in aligns]
+    lines = [""] + header_lines(info) + list(notes) + [""] + [
+        "| " + " | ".join(cells) + " |" for cells in (columns, rule, *rows)
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
     print("\n".join(lines), flush=True)
 
 

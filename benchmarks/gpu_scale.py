@@ -36,8 +36,8 @@ sys.path.insert(0, BENCH_DIR)
 
 # bench_core sets TF_CPP_MIN_LOG_LEVEL and KERAS_BACKEND before Keras is imported.
 from bench_core import (  # noqa: E402
-    BFLOAT16, FLOAT32, EpochTimer, busy_cpu_seconds, finish_info, header_lines, log,
-    layer_flops, machine_info, matmul_ceiling, recorded_shapes,
+    BFLOAT16, FLOAT32, EpochTimer, busy_cpu_seconds, finish_info, log,
+    layer_flops, machine_info, matmul_ceiling, recorded_shapes, report,
 )
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
@@ -245,10 +245,7 @@ def main(argv=None):
     if "sample" in args.parts:
         rows += sampling_rows(args)
     finish_info(info, start, cpu_start)
-    lines = [""] + header_lines(info) + [
-        "", "| Row | Measured | Also | Against | Note |", "| --- | ---: | ---: | --- | --- |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    print("\n".join(lines), flush=True)
+    report(info, rows, ("Row", "Measured", "Also", "Against", "Note"), "lrrll")
 
 
 if __name__ == "__main__":

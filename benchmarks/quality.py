@@ -43,7 +43,8 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 
 # bench_core sets TF_CPP_MIN_LOG_LEVEL and KERAS_BACKEND before importing TensorFlow.
-from bench_core import busy_cpu_seconds, finish_info, header_lines, log, machine_info  # noqa: E402
+import bench_core  # noqa: E402
+from bench_core import busy_cpu_seconds, finish_info, log, machine_info  # noqa: E402
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -336,13 +337,7 @@ def report(info, results):
     """Prints the header and the one Markdown table, last."""
     columns = ["Row", "Sampler", "n", "Valid rate", "Worst attribute deviation",
                "All within ±50%", "Fréchet / floor", "Train s", "Sample s", "Training"]
-    lines = [""] + header_lines(info) + [
-        "",
-        "| " + " | ".join(columns) + " |",
-        "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |",
-    ]
-    lines += ["| " + " | ".join(table_row(result)) + " |" for result in results]
-    print("\n".join(lines), flush=True)
+    bench_core.report(info, [table_row(result) for result in results], columns, "llrrllrrrl")
 
 
 def to_json(results):

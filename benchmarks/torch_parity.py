@@ -274,18 +274,15 @@ def main(argv=None):
         info["versions"]["torch"] = torch.__version__
     rows = table_rows(args, rows_of, contestants, times)
     flags = " ".join(sorted(f for f in read_cpu_flags() if "avx" in f or "amx" in f))
-    lines = [""] + bench_core.header_lines(info) + [
+    notes = [
         f"CPU flags (avx/amx): {flags or 'none'}; auto = {auto} ({bfloat16_support()[1]})",
         f"NaiveUnet n_feat {args.n_feat}, {args.size}x{args.size}, training batch "
         f"{args.batch} ({args.steps} steps x {args.rounds} rounds, medians), reverse step "
         f"at batch {args.sample_batch}",
-        "",
-        "| Implementation | Parameters | Training img/s | vs PyTorch | Reverse step ms "
-        "| PyTorch ms / this |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    print("\n".join(lines), flush=True)
+    columns = ("Implementation", "Parameters", "Training img/s", "vs PyTorch",
+               "Reverse step ms", "PyTorch ms / this")
+    bench_core.report(info, rows, columns, "lrrrrl", notes)
 
 
 if __name__ == "__main__":

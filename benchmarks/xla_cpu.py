@@ -135,15 +135,10 @@ def main(argv=None):
     for network in options.networks:
         rows += table_rows(network, measure(network, options))
     bench_core.finish_info(info, start, cpu_start)
-    lines = [""] + bench_core.header_lines(info) + [
-        f"{options.rounds} rounds of {options.steps} steps at batch 16, turn by turn; "
-        f"sampling {options.n} images, {options.sample_rounds} rounds",
-        "",
-        "| Network | Measure | XLA | No XLA | Ratio | Note |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    print("\n".join(lines), flush=True)
+    notes = [f"{options.rounds} rounds of {options.steps} steps at batch 16, turn by turn; "
+             f"sampling {options.n} images, {options.sample_rounds} rounds"]
+    bench_core.report(info, rows, ("Network", "Measure", "XLA", "No XLA", "Ratio", "Note"),
+                      "llrrrl", notes)
 
 
 if __name__ == "__main__":

@@ -289,7 +289,8 @@ class DiffusionModel(keras.Model):
         >>> tuple(t.shape), tuple(noises.shape)
         ((4,), (4, 32, 32, 3))
         """
-        if keras.backend.backend() == "tensorflow":
+        tensorflow = keras.backend.backend() == "tensorflow"
+        if tensorflow:
             t, noises = tf_steps.training_draws(self, image_shape, step)
         else:
             t = keras.random.randint(
@@ -298,11 +299,9 @@ class DiffusionModel(keras.Model):
             noises = keras.random.normal(image_shape, seed=self.seed_generator)
         if not self.noise_offset:
             return t, noises
-        offsets_shape = (image_shape[0], 1, 1, image_shape[-1])
-        if keras.backend.backend() == "tensorflow":
-            offsets = tf_steps.offset_draws(self, offsets_shape, step)
-        else:
-            offsets = keras.random.normal(offsets_shape, seed=self.seed_generator)
+        offsets_shape = (image_shape[0], 1, 1, image_shape[-1])  # One per image and channel.
+        offsets = (tf_steps.offset_draws(self, offsets_shape, step) if tensorflow
+                   else keras.random.normal(offsets_shape, seed=self.seed_generator))
         return t, noises + self.noise_offset * offsets
 
     def fit(self, x=None, *args, **kwargs):
