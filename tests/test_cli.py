@@ -318,6 +318,7 @@ def test_parser_defaults():
     assert train_args.patch_size == 2
     assert (train_args.ema, train_args.warmup_steps, train_args.clipnorm) == (0.999, 100, 1.0)
     assert (train_args.loss_weighting, train_args.lr_decay) == ("min_snr", "cosine")
+    assert train_args.noise_offset == 0.2  # the library's DiffusionModel keeps 0
     off = cli.build_parser().parse_args(
         ["train", "--ema", "none", "--clipnorm", "off", "--attention-levels", "none",
          "--widths", "8,16,32", "--loss-weighting", "none"]
