@@ -123,8 +123,7 @@ def add_recipe_arguments(optimization):
         help="offset noise: add SCALE times a normal draw per image and channel to the training "
         "noise, so the network learns to correct colours that are off as a whole (on shapes "
         "0.2 lifted five seeds' valid rate from 0.73-0.93 to 0.92-0.98 and unbalanced the "
-        "colours, BENCHMARKS.md); "
-        "0: off, the library's default",
+        "colours, BENCHMARKS.md); 0: off, the library's default",
     )
 
 
