@@ -19,7 +19,9 @@ class in equal numbers with classifier-free guidance (--guidance-scales). Each
 row writes `OUT/<row>.npz`, holding the samples of every sampler as uint8
 images (one array per sampler and guidance scale, named like `ddim-50`,
 `ddim-50-w2`, `ddim-50-eta1-w2` or, with --attention-guidance,
-`ddim-50-eta1-w2-pag0.5`), which `quality.py --samples` scores with
+`ddim-50-eta1-w2-pag0.5`; then the same from the same draws after the
+calibration `train` makes, with `-cal` added, unless the row says
+`--calibration-samples 0`), which `quality.py --samples` scores with
 the judge; the table printed last gives the training and sampling times.
 `--time-steps N` trains N steps of each row (after a warm-up) and prints its
 images/s instead: what a budget of steps costs on this machine (200 steps or
@@ -189,6 +191,19 @@ def sample_row(model, options):
     return samples, seconds
 
 
+def calibrate_row(model, args, data):
+    """Calibrates the row's model as `train` does: --calibration-samples draws per timestep
+    and class from `train.CALIBRATION_IMAGES` of its training images, drawn at random."""
+    from keras_ddpm.cli import train
+
+    images, labels = data
+    images = images[: args.num_examples]
+    chosen = np.random.default_rng(args.seed).permutation(len(images))[: train.CALIBRATION_IMAGES]
+    model.calibrate(images[chosen].astype("float32") / 127.5 - 1.0,
+                    None if model.num_classes is None else labels[chosen],
+                    samples_per_step=args.calibration_samples, seed=args.seed)
+
+
 def sweep(options, data, out_dir):
     """Trains and samples every row; returns the table rows."""
     rows = []
@@ -199,6 +214,13 @@ def sweep(options, data, out_dir):
                                        steps_per_execution=options.steps_per_execution)
         train_s = time.perf_counter() - start
         samples, sample_s = sample_row(model, options)
+        if args.calibration_samples:  # As `train` does; both samples kept, paired.
+            start = time.perf_counter()
+            calibrate_row(model, args, data)
+            sample_s["calibration"] = time.perf_counter() - start
+            calibrated, calibrated_s = sample_row(model, options)
+            samples.update({f"{label}-cal": images for label, images in calibrated.items()})
+            sample_s.update({f"{label}-cal": s for label, s in calibrated_s.items()})
         np.savez_compressed(out_dir / f"{name}.npz", **samples)
         if name in options.save_models:
             model.save(out_dir / f"{name}.keras")

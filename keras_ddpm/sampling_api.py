@@ -130,6 +130,20 @@ class SamplingAPI:
         # generation.ReverseProcess, by (guided, attention-guided, jit_compile).
         self._processes = {}
 
+    def forget_compiled(self):
+        """Drop the compiled reverse processes (after the denoiser changed in a way they baked in).
+
+        Example:
+        >>> from keras_ddpm import ddpm_schedule
+        >>> api = SamplingAPI(lambda x_t, t, labels, guidance_scale: 0 * x_t, (2, 2, 1),
+        ...                   ddpm_schedule(T=10))
+        >>> first = api.process(guided=False)
+        >>> api.forget_compiled()
+        >>> api.process(guided=False) is first
+        False
+        """
+        self._processes.clear()
+
     def sample(self, n, options=SampleOptions(), frames=None, jit_compile=False):
         """`n` images from pure noise (see `DiffusionModel.sample`).
 

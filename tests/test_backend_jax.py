@@ -184,8 +184,11 @@ def run_unet_recipe(out_dir):
         float(np.abs(np.asarray(v) - a).max())
         for v, a in zip(model.network.trainable_variables, average)
     )
-    samples = model.sample(2, steps=3, seed=0, verbose=0)
+    plain = model.sample(2, steps=3, seed=0, verbose=0)
     guided = model.sample(2, steps=3, seed=0, verbose=0, attention_guidance=0.5)
+    # Calibrated (with its perturbed-attention means), saved with the model.
+    model.calibrate(images, samples_per_step=4, timesteps=[1, 10, T])
+    samples = model.sample(2, steps=3, seed=0, verbose=0)
     model.save(out_dir / "unet.keras")
     reloaded = keras.models.load_model(out_dir / "unet.keras")
     t, labels = np.array([3, 7]), None
@@ -200,7 +203,9 @@ def run_unet_recipe(out_dir):
         "unet_average_error": error,
         "unet_updates": float(np.asarray(model.weight_average.updates)),
         "unet_reload_error": float(np.abs(reloaded.sample(2, steps=3, seed=0, verbose=0) - samples).max()),
-        "attention_guidance_change": float(np.abs(guided - samples).max()),
+        "attention_guidance_change": float(np.abs(guided - plain).max()),
+        "calibration_change": float(np.abs(samples - plain).max()),
+        "calibration_reloaded": reloaded.calibration is not None,
         "attention_guidance_finite": bool(np.all(np.isfinite(guided))),
         "attention_guidance_reload_error": reload_guided_error,
     }, samples
@@ -315,6 +320,8 @@ if __name__ != "__main__":
         # a reloaded model's guided noise estimate is the same.
         assert results["attention_guidance_finite"] and results["attention_guidance_change"] > 1e-3
         assert results["attention_guidance_reload_error"] < 1e-5
+        # A calibration changes the samples, is saved with the model and reproduces them.
+        assert results["calibration_change"] > 1e-3 and results["calibration_reloaded"]
 
     @pytest.mark.slow
     def test_model_trained_with_jax_loads_with_tensorflow(jax_session):

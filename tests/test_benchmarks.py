@@ -36,7 +36,7 @@ def test_recipe_sweep_trains_the_cli_recipe_and_writes_its_samples(tmp_path, cap
     images, labels = data.make_shapes(64, seed=data.SHAPE_SPLIT_SEEDS["train"])
     np_path = tmp_path / "shapes.npz"
     np.savez(np_path, images=images, labels=labels)
-    row = "tiny=--network naive --n-feat 8 --epochs 1 --num-examples 64 --T 20"
+    row = "tiny=--network naive --n-feat 8 --epochs 1 --num-examples 64 --T 20 --calibration-samples 2"
     out = run_main("recipe_sweep", [
         "--data", str(np_path), "--out-dir", str(tmp_path), "--row", row,
         "--samplers", "ddim:3:1", "ddpm", "--n", "4", "--save-models", "tiny", "--quick",
@@ -46,11 +46,15 @@ def test_recipe_sweep_trains_the_cli_recipe_and_writes_its_samples(tmp_path, cap
     # Conditional on the file's labels, as `train` on shapes: sampled with guidance 2;
     # `ddim:3:1` is DDIM at eta 1, named as `quality.py` names it.
     with np.load(tmp_path / "tiny.npz") as samples:
-        assert sorted(samples.files) == ["ddim-3-eta1-w2", "ddpm-20-w2"]
+        # Then the same draws again, calibrated as `train` calibrates (`-cal`).
+        assert sorted(samples.files) == [
+            "ddim-3-eta1-w2", "ddim-3-eta1-w2-cal", "ddpm-20-w2", "ddpm-20-w2-cal"]
         ddpm = samples["ddpm-20-w2"]
         assert ddpm.shape == (4, 32, 32, 3) and ddpm.dtype == np.uint8
+        assert np.any(samples["ddpm-20-w2-cal"] != ddpm)
     model = keras.models.load_model(tmp_path / "tiny.keras")
     assert model.num_classes == 3
+    assert model.calibration is not None and model.calibration.num_conditions == 4
     assert int(model.optimizer.iterations.numpy()) == 4  # 64 images at batch 16, 2 per call.
 
 

@@ -61,6 +61,7 @@ TRAIN_OPTIONS = (
     "--sample-steps",
     "--eta",
     "--attention-guidance",
+    "--calibration-samples",
     "--clip-x0",
     "--no-clip-x0",
     "--grid-every",
@@ -84,6 +85,8 @@ SAMPLE_OPTIONS = (
     "--no-clip-x0",
     "--jit-compile",
     "--no-jit-compile",
+    "--calibration",
+    "--no-calibration",
     "--labels",
     "--unconditional",
     "--guidance-scale",
@@ -109,6 +112,8 @@ EVALUATE_OPTIONS = (
     "--eta",
     "--jit-compile",
     "--no-jit-compile",
+    "--calibration",
+    "--no-calibration",
     "--sampler",
     "--spacing",
     "--verbose",
@@ -134,6 +139,8 @@ TINY_TRAIN_ARGS = [
     "8",
     "--n-samples",
     "4",
+    "--calibration-samples",
+    "8",
 ]
 
 
@@ -208,6 +215,9 @@ def test_train_writes_model_samples_and_history(trained_run):
     assert model.dtype_policy.name == auto_precision()
     assert f"{auto_precision()} by --precision auto ({bfloat16_support()[1]})" in printed
     assert model.image_shape == (32, 32, 3)
+    # Calibrated after training (--calibration-samples), saved with the model.
+    assert "Calibrating on 16 training images (8 draws x 1 condition(s)" in printed
+    assert model.calibration is not None and model.calibration.num_conditions == 1
 
     history = json.loads(history_path.read_text())
     assert len(history["loss"]) == 1
@@ -608,6 +618,16 @@ def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, cap
         written, model.sample(4, steps=2, seed=0, labels=[0, 1, 2, 0], guidance_scale=2.0))
     # Measured: 2.0 (the whole range) on the AMD EPYC; the bound only says "they differ".
     assert np.abs(written - model.sample(4, steps=2, seed=0)).max() > 1e-3
+    # The calibration `train` saved (a mean per class and one for "no class") is used
+    # unless --no-calibration says otherwise.
+    assert model.calibration is not None and model.calibration.num_conditions == 4
+    assert cli.main(["sample", str(out_dir / "model.keras"), "--n", "4", "--steps", "2",
+                     "--no-calibration", "--out", str(out), "--npz", str(tmp_path / "s.npz")]) == 0
+    plain = np.load(tmp_path / "s.npz")["images"]
+    model.calibration = None
+    np.testing.assert_array_equal(
+        plain, model.sample(4, steps=2, seed=0, labels=[0, 1, 2, 0], guidance_scale=2.0))
+    assert np.abs(plain - written).max() > 1e-3
 
     metrics_path = tmp_path / "metrics.json"
     assert cli.main(["evaluate", str(out_dir / "model.keras"), "--n", "8", "--steps", "2",

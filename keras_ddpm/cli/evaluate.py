@@ -87,6 +87,8 @@ def run(args):
         common.check_writable(args.out, "--out")
     common.import_keras(args.verbose)
     model = common.load_diffusion_model(args.model)
+    if not args.calibration:
+        model.calibration = None
     model.jit_compile = common.resolve_jit_compile(args.jit_compile, model)
     real_images, real_labels = _reference_images(model, args)
     n = len(real_images)

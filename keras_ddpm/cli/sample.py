@@ -96,6 +96,8 @@ def run(args):
     paths = output_paths(args)  # Before the (slow) sampling.
     common.import_keras(args.verbose)
     model = common.load_diffusion_model(args.model)
+    if not args.calibration:
+        model.calibration = None
     # As `train` resolves it, so that a run's samples.png and `sample` agree.
     model.jit_compile = common.resolve_jit_compile(args.jit_compile, model)
     import numpy as np

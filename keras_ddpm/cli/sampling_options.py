@@ -35,8 +35,8 @@ SPACING_CHOICES = ("linspace", "leading", "trailing", "logsnr", "karras")
 
 
 def add_sampling_arguments(parser, labels=True):
-    """Adds --steps, --eta, --seed, --batch-size, --clip-x0, --jit-compile, --sampler, --spacing,
-    --attention-guidance (and labels).
+    """Adds --steps, --eta, --seed, --batch-size, --clip-x0, --jit-compile, --calibration,
+    --sampler, --spacing, --attention-guidance (and labels).
 
     Args:
         parser: `argparse.ArgumentParser` of a subcommand.
@@ -91,6 +91,14 @@ def add_sampling_arguments(parser, labels=True):
         action=argparse.BooleanOptionalAction,
         default=None,
         help=common.JIT_COMPILE_HELP,
+    )
+    group.add_argument(
+        "--calibration",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="subtract the model's calibration, saved by `keras-ddpm train` (the mean error "
+        "of its noise estimate at each timestep, keras_ddpm.calibration); --no-calibration "
+        "samples without it",
     )
     group.add_argument(
         "--sampler",

@@ -23,6 +23,10 @@ LOCK_NAME = ".keras-ddpm.lock"
 # Reverse steps of OUT/samples.png unless --sample-steps says otherwise: DDIM at --eta 1
 # drew the default model as well as DDPM's 1000 steps (BENCHMARKS.md), 50 s sooner.
 SAMPLE_STEPS = 50
+# Draws per timestep and class of the calibration after training, and the training
+# images they are drawn from.
+CALIBRATION_SAMPLES = 256
+CALIBRATION_IMAGES = 2048
 
 
 def add_parser(subparsers):
@@ -303,6 +307,16 @@ def _add_output_arguments(train):
         help=common.CLIP_X0_HELP,
     )
     output.add_argument(
+        "--calibration-samples",
+        metavar="N",
+        type=common.non_negative_int,
+        default=CALIBRATION_SAMPLES,
+        help="after training, calibrate the model (keras_ddpm.calibration: take the mean "
+        "error out of its noise estimate at each timestep, Pang et al. 2023) with N draws "
+        "per timestep and class from training images, and save it with the model; it "
+        "balances the samples' colours on shapes (BENCHMARKS.md); 0 is off",
+    )
+    output.add_argument(
         "--grid-every",
         metavar="EPOCHS",
         type=common.positive_int,
@@ -421,7 +435,35 @@ def _train(args, out_dir, checkpoint_dir):
         if not chief:
             print(f"Worker {distribute.worker_id()} done; the chief writes the outputs.")
             return {}
+        if args.calibration_samples:
+            _calibrate(model, dataset, args)
         return _write_outputs(args, model, history, out_dir)
+
+
+def _calibrate(model, dataset, args):
+    """Calibrates the trained model (`DiffusionModel.calibrate`) on training images."""
+    import time
+
+    import numpy as np
+
+    images, labels, count = [], [], 0
+    # One epoch at most (a resumable run's dataset is an endless stream of them).
+    batches = getattr(dataset, "steps_per_epoch", None)
+    for batch in dataset if batches is None else dataset.take(batches):
+        batch_images, batch_labels = batch if isinstance(batch, tuple) else (batch, None)
+        images.append(np.asarray(batch_images))
+        if batch_labels is not None:
+            labels.append(np.asarray(batch_labels).reshape(-1))
+        count += len(images[-1])
+        if count >= CALIBRATION_IMAGES:
+            break
+    conditions = 1 if model.num_classes is None else model.num_classes + 1
+    print(f"Calibrating on {count} training images ({args.calibration_samples} draws x "
+          f"{conditions} condition(s) per timestep) ...", flush=True)
+    start = time.perf_counter()
+    model.calibrate(np.concatenate(images), np.concatenate(labels) if labels else None,
+                    samples_per_step=args.calibration_samples, seed=args.seed)
+    print(f"Calibrated in {time.perf_counter() - start:.0f} s.", flush=True)
 
 
 def _write_outputs(args, model, history, out_dir):
