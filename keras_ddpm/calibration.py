@@ -45,7 +45,7 @@ from keras_ddpm import guidance, sampling, targets
 # Timesteps of the default grid: those of `steps`-step strided sampling, and t = 1.
 DEFAULT_GRID_STEPS = 50
 # Draws (x0, eps) per timestep and condition.
-DEFAULT_SAMPLES_PER_STEP = 256
+DEFAULT_SAMPLES_PER_STEP = 64
 
 
 class Calibration:
@@ -203,7 +203,8 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
         images: array `(n, H, W, C)` in [-1, 1]: training images.
         labels: int array `(n,)`: their classes (class-conditional models;
             ignored by unconditional ones).
-        samples_per_step: int >= 1. Draws per timestep and condition.
+        samples_per_step: int >= 1. Draws per timestep and condition (64
+            did as well as 256 on `shapes`, BENCHMARKS.md).
         timesteps: increasing ints in 1..T, or None for `default_timesteps`.
         seed: int. The draws' seed: the same seed, the same calibration.
         verbose: 0 or 1. A progress bar over the timesteps.

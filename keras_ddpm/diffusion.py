@@ -462,8 +462,9 @@ class DiffusionModel(keras.Model):
         self._calibration = value
         self._sampling.forget_compiled()  # Compiled loops hold the old tables.
 
-    def calibrate(self, images, labels=None, samples_per_step=256, timesteps=None, seed=0,
-                  verbose=0):
+    def calibrate(self, images, labels=None,
+                  samples_per_step=calibration_module.DEFAULT_SAMPLES_PER_STEP, timesteps=None,
+                  seed=0, verbose=0):
         """Estimate the noise estimate's mean error (Pang et al. 2023) and sample without it.
 
         Sets and returns `calibration` (`keras_ddpm.calibration.estimate`: the
