@@ -317,11 +317,14 @@ class DiffusionModel(keras.Model):
         Datasets from `keras_ddpm.data.load_dataset` shuffle themselves, so
         `shuffle` defaults to False for them (Keras would ignore it and warn).
         With `ema_decay`, the network holds the weight averages after `fit`
-        (see `keras_ddpm.ema`).
+        (see `keras_ddpm.ema`). A `calibration` belongs to the weights it was
+        estimated for: `fit` drops it (`calibrate` again afterwards).
 
         Example:
         >>> model.fit(load_dataset("shapes", batch_size=32), epochs=1)
         """
+        if self._calibration is not None:
+            self.calibration = None
         if type(x).__module__.startswith("tensorflow") and len(args) < 7:
             kwargs.setdefault("shuffle", False)
         _warn_if_not_model_range(_first_images(x))

@@ -52,6 +52,7 @@ def _fixed_keras_seed():
 LONGEST_FILES = (
     "test_notebooks.py", "test_reliability.py", "test_cli.py", "test_benchmarks.py",
     "test_backend_jax.py", "test_quality.py", "test_precision.py", "test_distribute.py",
+    "test_calibration.py",
 )
 
 
