@@ -38,7 +38,7 @@ ARGS = [
     "train", "--dataset", "shapes", "--num-examples", "4", "--batch-size", "4",
     "--epochs", "2", "--widths", "8", "--attention-levels", "none", "--T", "10",
     "--precision", "float32", "--n-samples", "1", "--sample-steps", "1",
-    "--grid-every", "1000", "--grid-steps", "1",
+    "--grid-every", "1000", "--grid-steps", "1", "--calibration-samples", "0",
 ]
 RENAMES = 2 * 2 + 2
 ALL_KILL_POINTS = [(n, after) for n in range(1, RENAMES + 1) for after in (False, True)]

@@ -77,7 +77,8 @@ QUICK = dict(
     n=32,
     rows=["naive"],
     samplers=["ddpm", "ddim:5:1"],  # DDIM at eta 1: the NAME:STEPS:ETA path, end to end
-    train_args=["--epochs", "1", "--num-examples", "16", "--T", "20", "--n-feat", "8"],  # one step
+    train_args=["--epochs", "1", "--num-examples", "16", "--T", "20", "--n-feat", "8",  # one step
+                "--calibration-samples", "8"],
     # 5 epochs, not 3: at 3 the judge's seed decided whether it accepted 11% or 61% of real
     # images (an Intel Xeon, 2026-11-26); at 5, seven seeds gave 0.875-0.97, in 12-16 s.
     judge=shapes_judge.JudgeSettings(num_images=1500, epochs=5, batch_size=32, reference_size=400),

@@ -46,6 +46,8 @@ from keras_ddpm import guidance, sampling, targets
 DEFAULT_GRID_STEPS = 50
 # Draws (x0, eps) per timestep and condition.
 DEFAULT_SAMPLES_PER_STEP = 64
+# Draws per network call (whole blocks of one timestep and condition).
+DRAWS_PER_CALL = 1024
 
 
 class Calibration:
@@ -207,7 +209,7 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
             did as well as 256 on `shapes`, BENCHMARKS.md).
         timesteps: increasing ints in 1..T, or None for `default_timesteps`.
         seed: int. The draws' seed: the same seed, the same calibration.
-        verbose: 0 or 1. A progress bar over the timesteps.
+        verbose: 0 or 1. A progress bar over the (timestep, condition) blocks.
 
     Returns:
         A `Calibration`.
@@ -231,20 +233,29 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
     networks = [model.network]
     if guidance.has_attention(model.network):
         networks.append(guidance.perturbed_attention_network(model.network))
-    mean_errors = _mean_errors_function(model, networks)
+    mean_errors = _mean_errors_function(model, networks, samples_per_step)
+    # (timestep index, condition index) blocks of draws, several blocks to a network call.
+    blocks = [(k, condition) for k in range(len(grid)) for condition in range(len(pools))]
+    per_call = max(1, DRAWS_PER_CALL // samples_per_step)
     rng = np.random.default_rng(seed)
     offsets = np.zeros((len(networks), len(grid), len(pools)) + images.shape[1:], np.float32)
-    progress = keras.utils.Progbar(len(grid), verbose=verbose, unit_name="timestep")
-    for k, t in enumerate(grid):
-        for condition, (label, pool) in enumerate(pools):
-            x0 = images[pool[rng.integers(0, len(pool), samples_per_step)]]
-            noises = rng.standard_normal(x0.shape).astype(np.float32)
-            steps = np.full((samples_per_step,), t, np.int32)
-            condition_labels = None if label is None else np.full_like(steps, label)
-            offsets[:, k, condition] = ops.convert_to_numpy(
-                mean_errors(x0, noises, steps, condition_labels)
-            )
-        progress.update(k + 1)
+    progress = keras.utils.Progbar(len(blocks), verbose=verbose, unit_name="block")
+    for start in range(0, len(blocks), per_call):
+        chunk = blocks[start:start + per_call]
+        x0, steps, block_labels = [], [], []
+        for k, condition in chunk:
+            label, pool = pools[condition]
+            x0.append(images[pool[rng.integers(0, len(pool), samples_per_step)]])
+            steps.append(np.full((samples_per_step,), grid[k], np.int32))
+            block_labels.append(np.full((samples_per_step,), 0 if label is None else label,
+                                        np.int32))
+        x0 = np.concatenate(x0)
+        noises = rng.standard_normal(x0.shape).astype(np.float32)
+        call_labels = None if model.num_classes is None else np.concatenate(block_labels)
+        means = ops.convert_to_numpy(mean_errors(x0, noises, np.concatenate(steps), call_labels))
+        for j, (k, condition) in enumerate(chunk):
+            offsets[:, k, condition] = means[:, j]
+        progress.update(start + len(chunk))
     perturbed = offsets[1] if len(networks) > 1 else None
     return Calibration(grid, offsets[0], model.T, perturbed)
 
@@ -284,8 +295,10 @@ def _condition_pools(model, images, labels):
     return pools + [(model.num_classes, everything)]
 
 
-def _mean_errors_function(model, networks):
-    """A compiled `(x0, eps, t, labels) -> (networks, H, W, C)` mean of eps_theta - eps."""
+def _mean_errors_function(model, networks, samples_per_step):
+    """A compiled `(x0, eps, t, labels) -> (networks, blocks, H, W, C)`: the mean of
+    eps_theta - eps over each block of `samples_per_step` consecutive draws."""
+    block_shape = (-1, samples_per_step) + tuple(model.image_shape)
 
     def mean_errors(images, noises, t, labels):
         x_t = model.q_sample(images, t, noises)
@@ -293,8 +306,9 @@ def _mean_errors_function(model, networks):
         for network in networks:
             outputs = ops.cast(model.network_output(x_t, t, labels, False, network), "float32")
             noise = targets.noise_from_prediction(model.prediction, outputs, x_t, t, model.tables)
-            errors.append(ops.mean(noise - noises, axis=0))
+            errors.append(ops.mean(ops.reshape(noise - noises, block_shape), axis=1))
         return ops.stack(errors)
 
     jit_compile = model.jit_compile if isinstance(model.jit_compile, bool) else False
-    return sampling.compile_function(mean_errors, jit_compile, model.network.variables)
+    return sampling.compile_function(mean_errors, jit_compile, model.network.variables,
+                                     any_leading_size=True)

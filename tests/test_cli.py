@@ -745,7 +745,7 @@ def test_train_unet_with_the_recipe_options(tmp_path, capsys):
         "--patch-size", "2", "--dropout", "0.1", "--ema", "0.9", "--warmup-steps", "3",
         "--lr", "0.01",
         "--clipnorm", "0.5", "--loss-weighting", "min_snr", "--min-snr-gamma", "2",
-        "--noise-offset", "0.2",
+        "--noise-offset", "0.2", "--calibration-samples", "0",
         "--n-samples", "2", "--grid-steps", "2", "--sample-steps", "2", "--out", str(out_dir),
     ]
     assert cli.main(args) == 0

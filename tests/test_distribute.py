@@ -146,7 +146,7 @@ def test_multiworker_cli_trains_one_epoch_on_two_processes(tmp_path):
         sys.executable, "-c", EAGER_CLI, "train", "--strategy", "multiworker",
         "--num-examples", "16", "--batch-size", "16", "--epochs", "1", "--n-feat", "8",
         "--T", "10", "--n-samples", "1", "--sample-steps", "1", "--grid-steps", "1",
-        "--network", "naive",
+        "--network", "naive", "--calibration-samples", "0",
     ]
     processes = []
     for index in range(2):

@@ -137,7 +137,7 @@ def test_xla_sampler_matches_the_plain_compiled_one():
 def test_cli_trains_in_bfloat16_and_samples_with_xla(tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--num-examples", "8", "--epochs", "1", "--network", "naive", "--n-feat", "8", "--T", "10",
-              "--batch-size", "4", "--n-samples", "2", "--seed", "0"]
+              "--batch-size", "4", "--n-samples", "2", "--seed", "0", "--calibration-samples", "0"]
     # 2 small steps, eager (test_bfloat16_fit_lowers_the_loss... traces them); one eager
     # sampling step for the grid and for samples.png, which are not the property here.
     with eager_functions():
