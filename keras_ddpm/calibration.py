@@ -160,11 +160,15 @@ class Calibration:
                 f"{self.num_conditions} condition(s){perturbed})")
 
 
-def _check_tables(timesteps, offsets, T, perturbed_offsets):
+def _check_timesteps(timesteps, T):
     if timesteps.ndim != 1 or len(timesteps) == 0:
         raise ValueError(f"timesteps must be a non-empty 1-D array, got shape {timesteps.shape}.")
     if np.any(np.diff(timesteps) <= 0) or timesteps[0] < 1 or timesteps[-1] > T:
         raise ValueError(f"timesteps must increase within 1..T = 1..{T}, got {timesteps}.")
+
+
+def _check_tables(timesteps, offsets, T, perturbed_offsets):
+    _check_timesteps(timesteps, T)
     if offsets.ndim != 5 or offsets.shape[0] != len(timesteps):
         raise ValueError(
             f"offsets must be shaped (timesteps, conditions, H, W, C) with {len(timesteps)} "
@@ -229,6 +233,7 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
         )
     _check_count(samples_per_step)
     grid = default_timesteps(model.T) if timesteps is None else np.asarray(timesteps, np.int32)
+    _check_timesteps(grid, model.T)  # Before the network calls.
     pools = _condition_pools(model, images, labels)
     networks = [model.network]
     if guidance.has_attention(model.network):
