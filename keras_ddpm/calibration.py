@@ -82,14 +82,18 @@ class Calibration:
         _check_tables(self.timesteps, self.offsets, self.T, self.perturbed_offsets)
         # Per timestep 0..T: the grid points on either side and the weight of the upper one
         # (constant beyond the grid's ends).
-        t = np.arange(self.T + 1)
-        upper = np.clip(np.searchsorted(self.timesteps, t), 0, len(self.timesteps) - 1)
-        lower = np.clip(upper - 1, 0, None)
-        lower = np.where(self.timesteps[upper] <= t, upper, lower)
-        span = (self.timesteps[upper] - self.timesteps[lower]).astype(np.float64)
+        t, last = np.arange(self.T + 1), len(self.timesteps) - 1
+        lower = np.clip(np.searchsorted(self.timesteps, t, "right") - 1, 0, last)
+        upper = np.clip(np.searchsorted(self.timesteps, t, "left"), 0, last)
+        span = self.timesteps[upper] - self.timesteps[lower]
         weight = np.where(span > 0, (t - self.timesteps[lower]) / np.maximum(span, 1), 0.0)
         self._lower, self._upper = lower.astype(np.int32), upper.astype(np.int32)
-        self._weight = np.clip(weight, 0.0, 1.0).astype(np.float32)
+        self._weight = weight.astype(np.float32)
+        # The tables as rows of (timestep, condition), gathered at each sampling step.
+        self._rows = {
+            perturbed: None if table is None else table.reshape((-1,) + self.image_shape)
+            for perturbed, table in ((False, self.offsets), (True, self.perturbed_offsets))
+        }
 
     @property
     def num_conditions(self):
@@ -118,15 +122,14 @@ class Calibration:
         >>> tuple(calibration.offset(np.array([3]), labels=np.array([2])).shape)
         (1, 2, 2, 1)
         """
-        table = self.perturbed_offsets if perturbed else self.offsets
-        if table is None:
+        rows = self._rows[bool(perturbed)]
+        if rows is None:
             return None
         t = ops.cast(ops.reshape(t, (-1,)), "int32")
         conditions = self.num_conditions
         if labels is None:
             labels = ops.full(ops.shape(t), conditions - 1, "int32")
         labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
-        rows = ops.reshape(table, (-1,) + self.image_shape)
         below = ops.take(rows, ops.take(self._lower, t) * conditions + labels, axis=0)
         above = ops.take(rows, ops.take(self._upper, t) * conditions + labels, axis=0)
         weight = ops.reshape(ops.take(self._weight, t), (-1, 1, 1, 1))
@@ -247,17 +250,14 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
     progress = keras.utils.Progbar(len(blocks), verbose=verbose, unit_name="block")
     for start in range(0, len(blocks), per_call):
         chunk = blocks[start:start + per_call]
-        x0, steps, block_labels = [], [], []
-        for k, condition in chunk:
-            label, pool = pools[condition]
-            x0.append(images[pool[rng.integers(0, len(pool), samples_per_step)]])
-            steps.append(np.full((samples_per_step,), grid[k], np.int32))
-            block_labels.append(np.full((samples_per_step,), 0 if label is None else label,
-                                        np.int32))
-        x0 = np.concatenate(x0)
+        pools_drawn = [pools[condition][1] for _, condition in chunk]
+        x0 = np.concatenate([images[pool[rng.integers(0, len(pool), samples_per_step)]]
+                             for pool in pools_drawn])
         noises = rng.standard_normal(x0.shape).astype(np.float32)
-        call_labels = None if model.num_classes is None else np.concatenate(block_labels)
-        means = ops.convert_to_numpy(mean_errors(x0, noises, np.concatenate(steps), call_labels))
+        steps = np.repeat(grid[[k for k, _ in chunk]], samples_per_step).astype(np.int32)
+        call_labels = None if model.num_classes is None else np.repeat(
+            [pools[condition][0] for _, condition in chunk], samples_per_step).astype(np.int32)
+        means = ops.convert_to_numpy(mean_errors(x0, noises, steps, call_labels))
         for j, (k, condition) in enumerate(chunk):
             offsets[:, k, condition] = means[:, j]
         progress.update(start + len(chunk))
