@@ -12,6 +12,9 @@ from keras_ddpm.calibration import Calibration
 SHAPE = (16, 16, 3)
 T = 20
 TINY = {"widths": (8, 16), "attention_levels": (1,)}
+# Without self-attention: no perturbed-attention copy to estimate, half the network calls,
+# where that copy is not the property.
+PLAIN = {"widths": (8, 16), "attention_levels": ()}
 # Constant images of three classes, and their values.
 CLASS_VALUES = (-0.5, 0.2, 0.8)
 
@@ -25,15 +28,15 @@ def class_images(per_class=4):
     return images, np.repeat(np.arange(len(CLASS_VALUES)), per_class)
 
 
-def zero_output_model(num_classes=3):
+def zero_output_model(num_classes=3, attention=True):
     """A v-predicting Unet as built: its output convolution is zero-initialised, so it predicts
     v = 0 and the implied noise is sqrt(1 - ab) x_t: the mean error is known in closed form."""
-    net = Unet(SHAPE, num_classes=num_classes, **TINY)
+    net = Unet(SHAPE, num_classes=num_classes, **(TINY if attention else PLAIN))
     return DiffusionModel(net, T=T, prediction="v", num_classes=num_classes, schedule="cosine")
 
 
-def randomized_model(seed=3):
-    net = Unet(SHAPE, num_classes=3, **TINY)
+def randomized_model(seed=3, attention=True):
+    net = Unet(SHAPE, num_classes=3, **(TINY if attention else PLAIN))
     rng = np.random.default_rng(seed)
     for weight in net.weights:
         if len(weight.shape) > 1:
@@ -75,7 +78,7 @@ def test_estimate_matches_the_closed_form_mean_error():
     model = zero_output_model()
     images, labels = class_images()
     steps = [1, 10, T]
-    draws = 400
+    draws = 128
     table = calibration.estimate(model, images, labels, samples_per_step=draws, timesteps=steps)
     alphabar = np.asarray(model.tables["alphabar_t"], np.float64)
     means = np.array(CLASS_VALUES + (np.mean(CLASS_VALUES),))
@@ -97,9 +100,10 @@ def test_calibration_lowers_the_noise_error_by_the_squared_mean():
     """Pang et al.'s identity: subtracting the mean error eta lowers the mean squared error
     of the noise estimate by |eta|^2, checked on fresh draws (for this network eta is
     sqrt(ab (1 - ab)) x0 and the error left is ab^2 |eps|^2)."""
-    model = zero_output_model()
+    model = zero_output_model(attention=False)
     images, labels = class_images(per_class=8)
-    model.calibrate(images, labels, samples_per_step=512, timesteps=[1, 10, T])
+    # One timestep, the one checked: the table is constant in t.
+    model.calibrate(images, labels, samples_per_step=512, timesteps=[10])
     t = np.full((len(images),), 10, "int32")
     noises = np.random.default_rng(9).standard_normal(images.shape).astype("float32")
     x_t = numpy(model.q_sample(images, t, noises)).astype("float32")
@@ -153,25 +157,25 @@ def test_calibration_is_saved_with_the_model_and_reproduces_samples(tmp_path):
                                   model.calibration.perturbed_offsets)
     np.testing.assert_allclose(
         reloaded.sample(3, steps=4, seed=0, labels=[0, 1, 2], verbose=0), samples, atol=1e-5)
-    # Set to None, sampling is the uncalibrated model's; a file without one loads with None.
+    # (What the offsets do to the estimate: test_guided_estimate_subtracts_each_branch_offset.)
+    # Set to None, it is saved as none: the file loads with None.
     reloaded.calibration = None
-    uncalibrated = reloaded.sample(3, steps=4, seed=0, labels=[0, 1, 2], verbose=0)
-    assert np.abs(uncalibrated - samples).max() > 1e-3
     reloaded.save(tmp_path / "plain.keras")
     assert keras.models.load_model(tmp_path / "plain.keras").calibration is None
 
 
 def test_fit_drops_a_calibration_of_the_old_weights():
-    model = zero_output_model(num_classes=None)
+    model = zero_output_model(num_classes=None, attention=False)
     images, _ = class_images(2)
     model.calibrate(images, samples_per_step=2, timesteps=[1, T])
-    model.compile(optimizer=keras.optimizers.SGD(1e-3))
+    # Eagerly: one step, cheaper than tracing it.
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), run_eagerly=True)
     model.fit(images, batch_size=6, epochs=1, verbose=0)
     assert model.calibration is None
 
 
 def test_estimate_is_reproducible_from_its_seed():
-    model = randomized_model()
+    model = randomized_model(attention=False)
     images, labels = class_images()
     first = calibration.estimate(model, images, labels, samples_per_step=4, timesteps=[5, T], seed=3)
     again = calibration.estimate(model, images, labels, samples_per_step=4, timesteps=[5, T], seed=3)
@@ -192,7 +196,7 @@ def test_estimate_is_reproducible_from_its_seed():
     ],
 )
 def test_bad_calibration_inputs_get_one_clear_error(call, message):
-    model = zero_output_model()
+    model = zero_output_model(attention=False)
     images, labels = class_images(2)
     with pytest.raises(ValueError, match=message):
         call(model, images, labels)

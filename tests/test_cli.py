@@ -140,7 +140,7 @@ TINY_TRAIN_ARGS = [
     "--n-samples",
     "4",
     "--calibration-samples",
-    "8",
+    "2",  # Calibrated (the property), from few draws.
 ]
 
 
@@ -216,7 +216,7 @@ def test_train_writes_model_samples_and_history(trained_run):
     assert f"{auto_precision()} by --precision auto ({bfloat16_support()[1]})" in printed
     assert model.image_shape == (32, 32, 3)
     # Calibrated after training (--calibration-samples), saved with the model.
-    assert "Calibrating on 16 training images (8 draws x 1 condition(s)" in printed
+    assert "Calibrating on 16 training images (2 draws x 1 condition(s)" in printed
     assert model.calibration is not None and model.calibration.num_conditions == 1
 
     history = json.loads(history_path.read_text())
@@ -360,6 +360,21 @@ def test_parser_defaults():
 
 
 # --- sample ------------------------------------------------------------------------------
+
+
+def test_sample_without_calibration(trained_run, tmp_path):
+    """`train` saved a calibration; `sample --no-calibration` leaves it out (with it:
+    samples.png in test_train_writes_model_samples_and_history)."""
+    model = keras.models.load_model(trained_run[0] / "model.keras")
+    npz_path = tmp_path / "plain.npz"
+    assert cli.main(["sample", str(trained_run[0] / "model.keras"), "--n", "2", "--steps", "1",
+                     "--no-calibration", "--out", str(tmp_path / "grid.png"),
+                     "--npz", str(npz_path)]) == 0
+    written = np.load(npz_path)["images"]
+    calibrated = model.sample(2, steps=1, seed=0)
+    model.calibration = None
+    np.testing.assert_array_equal(written, model.sample(2, steps=1, seed=0))
+    assert np.abs(written - calibrated).max() > 1e-3
 
 
 def test_sample_writes_grid_frames_and_npz(trained_run, tmp_path):
@@ -618,16 +633,9 @@ def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, cap
         written, model.sample(4, steps=2, seed=0, labels=[0, 1, 2, 0], guidance_scale=2.0))
     # Measured: 2.0 (the whole range) on the AMD EPYC; the bound only says "they differ".
     assert np.abs(written - model.sample(4, steps=2, seed=0)).max() > 1e-3
-    # The calibration `train` saved (a mean per class and one for "no class") is used
-    # unless --no-calibration says otherwise.
+    # `train` calibrated it with a mean per class and one for "no class" (used above:
+    # `written` is the calibrated model's; --no-calibration: test_sample_without_calibration).
     assert model.calibration is not None and model.calibration.num_conditions == 4
-    assert cli.main(["sample", str(out_dir / "model.keras"), "--n", "4", "--steps", "2",
-                     "--no-calibration", "--out", str(out), "--npz", str(tmp_path / "s.npz")]) == 0
-    plain = np.load(tmp_path / "s.npz")["images"]
-    model.calibration = None
-    np.testing.assert_array_equal(
-        plain, model.sample(4, steps=2, seed=0, labels=[0, 1, 2, 0], guidance_scale=2.0))
-    assert np.abs(plain - written).max() > 1e-3
 
     metrics_path = tmp_path / "metrics.json"
     assert cli.main(["evaluate", str(out_dir / "model.keras"), "--n", "8", "--steps", "2",
