@@ -23,6 +23,12 @@ gets the means of its perturbed-attention copy (`keras_ddpm.guidance`), so
 that guidance adds no mean error either. The means are kept on a grid of
 timesteps and interpolated linearly in t between its points.
 
+Above some timestep even a calibrated network is a poor guide (its colour mix
+on `shapes` is decided there), and the noised data is close to Gaussian: a
+calibration also keeps the training images' mean and principal variances per
+condition, and sampling starts from that Gaussian part-way down
+(`keras_ddpm.gaussian_start`, 0.76 T by default).
+
 Reference:
     Pang, Lu, Du, Lin, Yan and Deng, "On Calibrating Diffusion Probabilistic
     Models", NeurIPS 2023, arXiv:2302.10688.
@@ -40,7 +46,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_ddpm import guidance, sampling, targets
+from keras_ddpm import gaussian_start, guidance, sampling, targets
 
 # Timesteps of the default grid: those of `steps`-step strided sampling, and t = 1.
 DEFAULT_GRID_STEPS = 50
@@ -64,6 +70,9 @@ class Calibration:
         T: int. The model's number of timesteps.
         perturbed_offsets: array like `offsets` for the perturbed-attention
             copy of the network, or None (its estimates are left as they are).
+        start: a `keras_ddpm.gaussian_start.GaussianStart` (sampling starts
+            at its timestep from the data's Gaussian), or None (from pure
+            noise at T).
 
     Example:
     >>> offsets = np.stack([np.full((1, 2, 2, 1), 1.0), np.full((1, 2, 2, 1), 3.0)])
@@ -72,7 +81,7 @@ class Calibration:
     array([1., 2., 3.], dtype=float32)
     """
 
-    def __init__(self, timesteps, offsets, T, perturbed_offsets=None):
+    def __init__(self, timesteps, offsets, T, perturbed_offsets=None, start=None):
         self.timesteps = np.asarray(timesteps, np.int32)
         self.offsets = np.asarray(offsets, np.float32)
         self.T = int(T)
@@ -80,6 +89,14 @@ class Calibration:
             None if perturbed_offsets is None else np.asarray(perturbed_offsets, np.float32)
         )
         _check_tables(self.timesteps, self.offsets, self.T, self.perturbed_offsets)
+        self.start = start
+        if start is not None and (start.T, start.image_shape, start.num_conditions) != (
+                self.T, self.image_shape, self.num_conditions):
+            raise ValueError(
+                f"the Gaussian start is for T={start.T}, images {start.image_shape} and "
+                f"{start.num_conditions} condition(s), the offsets for T={self.T}, images "
+                f"{self.image_shape} and {self.num_conditions}."
+            )
         # Per timestep 0..T: the grid points on either side and the weight of the upper one
         # (constant beyond the grid's ends).
         t, last = np.arange(self.T + 1), len(self.timesteps) - 1
@@ -146,6 +163,8 @@ class Calibration:
         arrays = {"timesteps": self.timesteps, "offsets": self.offsets, "T": np.int32(self.T)}
         if self.perturbed_offsets is not None:
             arrays["perturbed_offsets"] = self.perturbed_offsets
+        if self.start is not None:
+            arrays.update(self.start.arrays())
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         return buffer.getvalue()
@@ -155,12 +174,14 @@ class Calibration:
         """The `Calibration` that `to_bytes` wrote."""
         with np.load(io.BytesIO(data)) as arrays:
             return cls(arrays["timesteps"], arrays["offsets"], int(arrays["T"]),
-                       arrays["perturbed_offsets"] if "perturbed_offsets" in arrays else None)
+                       arrays["perturbed_offsets"] if "perturbed_offsets" in arrays else None,
+                       gaussian_start.GaussianStart.from_arrays(arrays))
 
     def __repr__(self):
         perturbed = ", with the perturbed-attention copy" if self.perturbed_offsets is not None else ""
+        start = "" if self.start is None else f", starting at t={self.start.t}"
         return (f"Calibration({len(self.timesteps)} timesteps of 1..{self.T}, "
-                f"{self.num_conditions} condition(s){perturbed})")
+                f"{self.num_conditions} condition(s){perturbed}{start})")
 
 
 def _check_timesteps(timesteps, T):
@@ -200,12 +221,14 @@ def default_timesteps(T, steps=DEFAULT_GRID_STEPS):
 
 
 def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_STEP,
-             timesteps=None, seed=0, verbose=0):
+             timesteps=None, seed=0, verbose=0, start="auto"):
     """The `Calibration` of `model`, estimated from `images` (and their `labels`).
 
     For each timestep of the grid and each condition, `samples_per_step`
     draws of an image (of that class; any image for "no class") and of eps,
-    and the mean of eps_theta(x_t, t) - eps over them.
+    and the mean of eps_theta(x_t, t) - eps over them; and, unless `start`
+    is None, the images' mean and principal variances per condition, from
+    which sampling starts (`keras_ddpm.gaussian_start`).
 
     Args:
         model: a `DiffusionModel`.
@@ -217,6 +240,9 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
         timesteps: increasing ints in 1..T, or None for `default_timesteps`.
         seed: int. The draws' seed: the same seed, the same calibration.
         verbose: 0 or 1. A progress bar over the (timestep, condition) blocks.
+        start: int in 1..T, "auto" or None. The timestep at which sampling
+            starts from the data's Gaussian ("auto": `gaussian_start.
+            default_start`, 0.76 T); None: from pure noise at T.
 
     Returns:
         A `Calibration`.
@@ -226,7 +252,8 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
     >>> model = keras_ddpm.DiffusionModel(net, T=20, prediction="v")
     >>> images = np.zeros((8, 16, 16, 3), "float32")
     >>> estimate(model, images, samples_per_step=4, timesteps=[1, 10, 20])
-    Calibration(3 timesteps of 1..20, 1 condition(s), with the perturbed-attention copy)
+    Calibration(3 timesteps of 1..20, 1 condition(s), with the perturbed-attention copy,
+                starting at t=15)
     """
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(model.image_shape):
@@ -237,6 +264,7 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
     _check_count(samples_per_step)
     grid = default_timesteps(model.T) if timesteps is None else np.asarray(timesteps, np.int32)
     _check_timesteps(grid, model.T)  # Before the network calls.
+    start_t = _start_timestep(start, model.T)
     pools = _condition_pools(model, images, labels)
     networks = [model.network]
     if guidance.has_attention(model.network):
@@ -262,7 +290,23 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
             offsets[:, k, condition] = means[:, j]
         progress.update(start + len(chunk))
     perturbed = offsets[1] if len(networks) > 1 else None
-    return Calibration(grid, offsets[0], model.T, perturbed)
+    start = None if start_t is None else gaussian_start.estimate(
+        images, start_t, model.T, [pool for _, pool in pools])
+    return Calibration(grid, offsets[0], model.T, perturbed, start)
+
+
+def _start_timestep(start, T):
+    """The start timestep of `estimate`'s `start` argument, or None."""
+    if start is None:
+        return None
+    if isinstance(start, str) and start == "auto":
+        return gaussian_start.default_start(T)
+    if isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 1 <= start <= T:
+        raise ValueError(
+            f'start must be a timestep in 1..T = 1..{T}, "auto" or None (from pure noise), '
+            f"got {start!r}."
+        )
+    return int(start)
 
 
 def _check_count(samples_per_step):

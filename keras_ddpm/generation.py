@@ -116,6 +116,8 @@ class Plan:
         boundaries: list of int. End index of each compiled segment.
         frame_times: list of int. Requested frame timesteps, descending.
         verbose: bool. Show a progress bar.
+        start: a `keras_ddpm.gaussian_start.GaussianStart` that draws the
+            images at `timesteps[0]`, or None: pure noise.
     """
 
     timesteps: np.ndarray
@@ -123,6 +125,34 @@ class Plan:
     boundaries: list
     frame_times: list
     verbose: bool
+    start: object = None
+
+    def starting_from(self, start):
+        """This plan from `start`'s draw, at its first step that begins at or below `start.t`
+        (or its last step).
+
+        The steps above are left out (a Heun step with its correction).
+
+        Example:
+        >>> from keras_ddpm import ddpm_schedule, gaussian_start
+        >>> from keras_ddpm.sampling import DDIMSampler
+        >>> plan = make_plan(DDIMSampler(), ddpm_schedule(T=100), 5)
+        >>> start = gaussian_start.estimate(np.zeros((4, 2, 2, 1)), t=70, T=100)
+        >>> plan.starting_from(start).timesteps.tolist()
+        [60, 40, 20]
+        """
+        t = start.t
+        # Where each evaluation's input lies, and which evaluations begin a step.
+        inputs = np.concatenate([self.timesteps[:1], self.prev_timesteps[:-1]])
+        begins = np.nonzero((inputs == self.timesteps) & (self.timesteps != self.prev_timesteps))[0]
+        below = begins[self.timesteps[begins] <= t]
+        first = int(below[0] if len(below) else begins[-1])
+        prev_timesteps = self.prev_timesteps[first:]
+        return dataclasses.replace(
+            self, timesteps=self.timesteps[first:], prev_timesteps=prev_timesteps,
+            boundaries=segment_boundaries(prev_timesteps, self.frame_times, self.verbose),
+            start=start,
+        )
 
     def sampled_time(self, t):
         """The timestep at which frame `t` is recorded: the first sampled one <= t.
@@ -380,6 +410,12 @@ class ReverseProcess:
         steps = len(plan.timesteps)
         x_seed = noise_seed(seed, chunk_index, steps)
         x = stateless_normal((n,) + self.image_shape, x_seed)
+        if plan.start is not None:  # The same draws, mapped to the data's Gaussian.
+            labels = conditions.get("labels")
+            x = ops.convert_to_tensor(plan.start.draw(
+                ops.convert_to_numpy(x), None if labels is None else ops.convert_to_numpy(labels),
+                float(np.asarray(self.schedule["alphabar_t"])[int(plan.timesteps[0])]),
+            ))
         state = sampler.initial_state(x)
         arrays = [ops.convert_to_tensor(a) for a in (plan.timesteps, plan.prev_timesteps)]
         recorded = {t: ops.convert_to_numpy(x) for t in plan.frame_times if t >= plan.timesteps[0]}

@@ -144,7 +144,7 @@ class SamplingAPI:
         """
         self._processes.clear()
 
-    def sample(self, n, options=SampleOptions(), frames=None, jit_compile=False):
+    def sample(self, n, options=SampleOptions(), frames=None, jit_compile=False, start=None):
         """`n` images from pure noise (see `DiffusionModel.sample`).
 
         Args:
@@ -152,6 +152,8 @@ class SamplingAPI:
             options: `SampleOptions`.
             frames: iterable of int or None. Timesteps whose images to keep.
             jit_compile: bool. TensorFlow: compile the loop with XLA.
+            start: a `keras_ddpm.gaussian_start.GaussianStart`, or None. Start
+                part-way down from the data's Gaussian (`Plan.starting_from`).
 
         Returns:
             A float32 array `(n, H, W, C)`, or `(images, frames)`.
@@ -166,6 +168,8 @@ class SamplingAPI:
         """
         check_count("n", n)
         sampler, plan, conditions, process = self._prepare(n, options, frames, 1, jit_compile)
+        if start is not None:
+            plan = plan.starting_from(start)
         return process.run(n, sampler, plan, options.seed, conditions, options.batch_size)
 
     def inpaint(self, images, mask, resample=1, options=SampleOptions(), jit_compile=False):

@@ -155,6 +155,10 @@ def test_calibration_is_saved_with_the_model_and_reproduces_samples(tmp_path):
     np.testing.assert_array_equal(reloaded.calibration.offsets, model.calibration.offsets)
     np.testing.assert_array_equal(reloaded.calibration.perturbed_offsets,
                                   model.calibration.perturbed_offsets)
+    # With its Gaussian start (by default at 0.76 T: t = 15 of 20, where DDIM-4 starts).
+    assert reloaded.calibration.start.t == model.calibration.start.t == 15
+    for name, table in model.calibration.start.arrays().items():
+        np.testing.assert_array_equal(reloaded.calibration.start.arrays()[name], table)
     np.testing.assert_allclose(
         reloaded.sample(3, steps=4, seed=0, labels=[0, 1, 2], verbose=0), samples, atol=1e-5)
     # (What the offsets do to the estimate: test_guided_estimate_subtracts_each_branch_offset.)

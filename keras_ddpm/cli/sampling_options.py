@@ -96,9 +96,10 @@ def add_sampling_arguments(parser, labels=True):
         "--calibration",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="subtract the model's calibration, saved by `keras-ddpm train` (the mean error "
-        "of its noise estimate at each timestep, keras_ddpm.calibration); --no-calibration "
-        "samples without it",
+        help="use the model's calibration, saved by `keras-ddpm train` (keras_ddpm.calibration: "
+        "the mean error of its noise estimate at each timestep, subtracted, and the training "
+        "images' Gaussian, from which sampling starts part-way down); --no-calibration "
+        "samples without either, from pure noise",
     )
     group.add_argument(
         "--sampler",

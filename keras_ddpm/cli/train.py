@@ -313,8 +313,9 @@ def _add_output_arguments(train):
         type=common.non_negative_int,
         default=CALIBRATION_SAMPLES,
         help="after training, calibrate the model (keras_ddpm.calibration: take the mean "
-        "error out of its noise estimate at each timestep, Pang et al. 2023) with N draws "
-        "per timestep and class from training images, and save it with the model; it "
+        "error out of its noise estimate at each timestep, Pang et al. 2023, with N draws "
+        "per timestep and class from training images; and start sampling at 0.76 T from "
+        "those images' Gaussian, keras_ddpm.gaussian_start) and save it with the model; it "
         "balances the samples' colours on shapes (BENCHMARKS.md); 0 is off",
     )
     output.add_argument(
@@ -464,7 +465,8 @@ def _calibrate(model, dataset, args):
     start = time.perf_counter()
     model.calibrate(np.concatenate(images), np.concatenate(labels) if labels else None,
                     samples_per_step=args.calibration_samples, seed=args.seed)
-    print(f"Calibrated in {time.perf_counter() - start:.0f} s.", flush=True)
+    print(f"Calibrated in {time.perf_counter() - start:.0f} s; sampling starts at t = "
+          f"{model.calibration.start.t} from the training images' Gaussian.", flush=True)
 
 
 def _write_outputs(args, model, history, out_dir):

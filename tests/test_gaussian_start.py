@@ -1,0 +1,116 @@
+"""Starting part-way down from the data's Gaussian (`keras_ddpm.gaussian_start`)."""
+import doctest
+
+import keras
+import numpy as np
+import pytest
+
+import keras_ddpm
+from keras_ddpm import DiffusionModel, Unet, ddpm_schedule, gaussian_start, generation, sampling
+from keras_ddpm.gaussian_start import GaussianStart
+
+SHAPE = (16, 16, 3)
+T = 20
+
+
+def test_docstring_examples_run():
+    globs = dict(vars(gaussian_start), keras=keras, keras_ddpm=keras_ddpm, np=np)
+    result = doctest.testmod(gaussian_start, globs=globs, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 6 and result.failed == 0
+
+
+def test_estimate_is_each_conditions_mean_and_principal_variances():
+    """Against NumPy's covariance eigendecomposition, in float64."""
+    rng = np.random.default_rng(0)
+    # Correlated pixels: 2x2x2 images from 3 latent factors, plus a little noise.
+    images = (rng.normal(size=(40, 3)) @ rng.normal(size=(3, 8))
+              + 0.1 * rng.normal(size=(40, 8))).reshape(40, 2, 2, 2)
+    pools = [np.arange(15), np.arange(15, 40), np.arange(40)]
+    start = gaussian_start.estimate(images, t=5, T=10, pools=pools, components=3)
+    assert (start.t, start.T, start.num_conditions) == (5, 10, 3)
+    for condition, pool in enumerate(pools):
+        flat = images[pool].reshape(len(pool), -1)
+        np.testing.assert_allclose(start.means[condition].reshape(-1), flat.mean(0), atol=1e-6)
+        eigenvalues, eigenvectors = np.linalg.eigh(np.cov(flat, rowvar=False))
+        eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+        np.testing.assert_allclose(start.variances[condition], eigenvalues[:3], rtol=1e-5)
+        np.testing.assert_allclose(start.residual[condition], eigenvalues[3:].mean(), rtol=1e-5)
+        # The same directions, up to sign.
+        overlap = np.abs(start.components[condition] @ eigenvectors[:, :3])
+        np.testing.assert_allclose(overlap, np.eye(3), atol=1e-4)
+
+
+def test_draw_has_the_noised_datas_mean_and_covariance():
+    """x_s = sqrt(ab) mu + A z is affine in z: A A^T = ab Sigma_K + (1 - ab) I exactly, Sigma_K
+    the kept principal variances and the mean variance in the other directions."""
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(30, 2, 2, 1)) * np.array([3.0, 1.0, 0.5, 0.2]).reshape(2, 2, 1)
+    start = gaussian_start.estimate(images + 0.4, t=5, T=10, components=2)
+    alphabar = 0.3
+    mean = start.draw(np.zeros((1, 2, 2, 1)), None, alphabar)[0].reshape(-1)
+    np.testing.assert_allclose(mean, np.sqrt(alphabar) * start.means[0].reshape(-1), atol=1e-6)
+    columns = start.draw(np.eye(4).reshape(4, 2, 2, 1), None, alphabar).reshape(4, 4) - mean
+    directions = start.components[0].astype(np.float64)
+    kept = directions.T @ np.diag(start.variances[0]) @ directions
+    covariance = kept + start.residual[0] * (np.eye(4) - directions.T @ directions)
+    want = alphabar * covariance + (1 - alphabar) * np.eye(4)
+    np.testing.assert_allclose(columns.T @ columns, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "sampler, steps, t, first",
+    [("ddim", 5, 70, [60, 80]), ("dpm++", 5, 40, [38, 100]), ("heun", 3, 60, [17, 17]),
+     ("ddim", 5, 5, [20, 40]), ("ddpm", 100, 37, [37, 38])],
+)
+def test_plan_starts_at_the_first_step_at_or_below_the_start(sampler, steps, t, first):
+    """`first`: the first timestep kept and the last one left out (a plan of one step
+    keeps its last step)."""
+    schedule = ddpm_schedule(T=100)
+    plan = generation.make_plan(sampling.get_sampler(sampler), schedule, steps, frames=[100, 0])
+    start = gaussian_start.estimate(np.zeros((2, 1, 1, 1)), t=t, T=100)
+    started = plan.starting_from(start)
+    cut = len(plan.timesteps) - len(started.timesteps)
+    assert started.timesteps[0] == first[0] and plan.timesteps[cut - 1] == first[1]
+    np.testing.assert_array_equal(started.prev_timesteps, plan.prev_timesteps[cut:])
+    assert started.boundaries[-1] == len(started.timesteps) and started.start is start
+    if sampler == "heun":  # A step and its correction stay together.
+        assert started.timesteps[0] != started.prev_timesteps[0]
+
+
+def test_sample_starts_from_the_gaussian_draw_of_its_noise():
+    """The first frame of a calibrated model's run is the start's draw from the run's own
+    x_T noise, at the start timestep; the steps above it are left out."""
+    net = Unet(SHAPE, widths=(8, 16), attention_levels=(), num_classes=3)
+    model = DiffusionModel(net, T=T, prediction="v", num_classes=3, schedule="cosine")
+    images = np.random.default_rng(2).uniform(-1, 1, (12,) + SHAPE).astype("float32")
+    labels = np.arange(12) % 3
+    model.calibrate(images, labels, samples_per_step=2, timesteps=[1, T], start=12)
+    _, frames = model.sample(3, steps=5, seed=4, labels=[0, 2, 1], guidance_scale=1.0,
+                             frames=[T], verbose=0)
+    assert frames.sampled[T] == 12  # Trailing DDIM-5 of 20: 20, 16, 12, 8, 4.
+    noise = keras.ops.convert_to_numpy(generation.stateless_normal(
+        (3,) + SHAPE, generation.noise_seed(4, 0, 3)))
+    alphabar = float(np.asarray(model.tables["alphabar_t"])[12])
+    want = model.calibration.start.draw(noise, np.array([0, 2, 1]), alphabar)
+    np.testing.assert_allclose(frames[T], want, atol=1e-6)
+    # Without a start: from pure noise at T, as before.
+    model.calibrate(images, labels, samples_per_step=2, timesteps=[1, T], start=None)
+    assert model.sample(1, steps=5, seed=4, frames=[T], verbose=0)[1].sampled[T] == T
+
+
+@pytest.mark.parametrize("start", [0, T + 1, "middle", True, 2.5])
+def test_bad_start_is_one_clear_error(start):
+    model = DiffusionModel(Unet(SHAPE, widths=(8, 16), attention_levels=()), T=T)
+    with pytest.raises(ValueError, match=r"start must be a timestep in 1\.\.T"):
+        model.calibrate(np.zeros((4,) + SHAPE), start=start)
+
+
+def test_a_start_of_another_shape_is_refused():
+    start = GaussianStart(5, 10, np.zeros((2, 2, 2, 1)), np.zeros((2, 1, 4)), np.ones((2, 1)),
+                          np.zeros(2))
+    with pytest.raises(ValueError, match="the Gaussian start is for"):
+        keras_ddpm.calibration.Calibration(np.array([1, 10]), np.zeros((2, 1, 2, 2, 1)), 10,
+                                           start=start)
+    with pytest.raises(ValueError, match="components"):
+        GaussianStart(5, 10, np.zeros((1, 2, 2, 1)), np.zeros((1, 1, 3)), np.ones((1, 1)),
+                      np.zeros(1))
