@@ -164,14 +164,34 @@ def estimate(images, t, T, pools=None, components=DEFAULT_COMPONENTS):
     means, directions, variances, residual = [], [], [], []
     for pool in pools:
         centred = flat[pool] - flat[pool].mean(axis=0)
-        _, singular, vectors = np.linalg.svd(centred, full_matrices=False)
-        spectrum = singular**2 / max(1, len(pool) - 1)
+        pool_directions, pool_variances = _principal(centred, kept)
+        total = np.sum(centred**2) / max(1, len(pool) - 1)
         means.append(flat[pool].mean(axis=0).reshape(images.shape[1:]))
-        directions.append(vectors[:kept])
-        variances.append(spectrum[:kept])
-        residual.append(spectrum[kept:].sum() / max(1, flat.shape[1] - kept))
+        directions.append(pool_directions)
+        variances.append(pool_variances)
+        residual.append(max(0.0, total - pool_variances.sum()) / max(1, flat.shape[1] - kept))
     return GaussianStart(t, T, np.stack(means), np.stack(directions), np.stack(variances),
                          np.array(residual))
+
+
+def _principal(centred, kept):
+    """The `kept` largest variances of the rows of `centred` `(n, D)` and their orthonormal
+    directions `(kept, D)`, from the smaller of the two Gram matrices (n x n or D x D)."""
+    n, size = centred.shape
+    small = centred @ centred.T if n < size else centred.T @ centred
+    values, vectors = np.linalg.eigh(small)
+    order = np.argsort(values)[::-1][:kept]
+    values, vectors = np.clip(values[order], 0.0, None), vectors[:, order]
+    if n < size:  # Eigenvectors of X X^T to those of X^T X: X^T v / |X^T v|.
+        projected = centred.T @ vectors
+        norms = np.linalg.norm(projected, axis=0)
+        valid = norms > 1e-9 * max(1.0, norms.max())
+        # Where the variance is 0, any direction orthogonal to the others (it stays 0).
+        projected = np.where(valid, projected / np.where(valid, norms, 1.0), np.eye(size, kept))
+        vectors, _ = np.linalg.qr(projected)
+        vectors *= np.where(np.sum(vectors * projected, axis=0) < 0, -1.0, 1.0)
+        values = np.where(valid, values, 0.0)
+    return vectors.T, values / max(1, n - 1)
 
 
 def default_start(T):
