@@ -159,12 +159,13 @@ def _eager_functions():
 def trained_run(tmp_path_factory):
     """Trains once with TINY_TRAIN_ARGS; returns (output directory, printed text).
 
-    The epoch's grid and samples.png take 2 steps: at the defaults' 20 (T) each, their
-    eager network calls were 15 of the run's 21 s."""
+    The epoch's grid takes 2 steps and samples.png 4 (of which the calibrated model, starting
+    at t = 15 of 20, runs 3): at the defaults' 20 (T) each, their eager network calls were
+    15 of the run's 21 s."""
     out_dir = tmp_path_factory.mktemp("run")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = cli.main(TINY_TRAIN_ARGS + ["--grid-steps", "2", "--sample-steps", "2",
+        status = cli.main(TINY_TRAIN_ARGS + ["--grid-steps", "2", "--sample-steps", "4",
                                              "--out", str(out_dir)])
     assert status == 0
     return out_dir, printed.getvalue()
@@ -225,14 +226,14 @@ def test_train_writes_model_samples_and_history(trained_run):
 
     # 4 images of 32x32 in a 2x2 grid with 2-pixel borders: 2 + 2 * (32 + 2) = 70.
     _assert_png(samples_path, 70, 70)
-    # samples.png is the saved model's DDIM at train's default eta 1 (the run asked for 2
+    # samples.png is the saved model's DDIM at train's default eta 1 (the run asked for 4
     # steps), not the deterministic DDIM, whose images differ.
     from keras_ddpm import plotting
 
     with Image.open(samples_path) as image:
         written = np.asarray(image.convert("RGB")).astype(int)
     for eta, same in ((1.0, True), (0.0, False)):
-        grid = plotting.image_grid(model.sample(4, steps=2, eta=eta, seed=0)).astype(int)
+        grid = plotting.image_grid(model.sample(4, steps=4, eta=eta, seed=0)).astype(int)
         assert (np.abs(written - grid).max() <= 1) == same, eta
 
 
@@ -405,8 +406,10 @@ def test_sample_writes_grid_frames_and_npz(trained_run, tmp_path):
         assert arrays["images"].shape == (4, 32, 32, 3)
         assert arrays["images"].dtype == np.float32
         assert list(arrays["frame_timesteps"]) == [20, 5, 0]
-        # DDIM-5 of T = 20 samples t = 20, 16, 12, 8, 4: frame 5 is recorded at t = 4.
-        assert list(arrays["frame_sampled_timesteps"]) == [20, 4, 0]
+        # DDIM-5 of T = 20 samples t = 20, 16, 12, 8, 4; the calibrated model starts at its
+        # start, 15, from the first of them at or below it: frame 20 is its start at t = 12,
+        # frame 5 is recorded at t = 4.
+        assert list(arrays["frame_sampled_timesteps"]) == [12, 4, 0]
         assert arrays["frames"].shape == (3, 4, 32, 32, 3)
         # The frame at t = 0 is the final sample.
         np.testing.assert_array_equal(arrays["frames"][-1], arrays["images"])

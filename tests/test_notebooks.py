@@ -240,7 +240,9 @@ def test_improvements_notebook_guides_inpaints_and_averages(kernel, tmp_path):
         "n=len(labels), inpainted=list(completed.shape), weight_change=weight_change, "
         "raw_differs=bool(np.any(raw_images != ema_images)), "
         "attention_scales=sorted(attention_guided), "
-        "attention_changes=bool(np.any(attention_guided[0.3] != attention_guided[0.0])))",
+        "attention_changes=bool(np.any(attention_guided[0.3] != attention_guided[0.0])), "
+        "calibration=repr(model.calibration), "
+        "calibration_changes=bool(np.any(calibrated_images != plain_images)))",
     )
     assert result["schedule"] == "cosine" and result["classes"] == 3
     # Two steps, one per epoch, in quick mode: too few for the loss to fall reliably (it
@@ -253,7 +255,10 @@ def test_improvements_notebook_guides_inpaints_and_averages(kernel, tmp_path):
     # fit left the averaged weights in the model, and they differ from the last ones.
     assert result["weight_change"] > 0 and result["raw_differs"]
     assert (tmp_path / "outputs" / "conditional.keras").exists()
-    assert count_images(notebook) >= 5
+    # Calibrated per class and "no class", with its start at 0.76 T (T = 20 in quick mode).
+    assert "4 condition(s)" in result["calibration"] and "starting at t=15" in result["calibration"]
+    assert result["calibration_changes"]
+    assert count_images(notebook) >= 6
 
 
 @pytest.mark.slow
