@@ -114,3 +114,18 @@ def test_a_start_of_another_shape_is_refused():
     with pytest.raises(ValueError, match="components"):
         GaussianStart(5, 10, np.zeros((1, 2, 2, 1)), np.zeros((1, 1, 3)), np.ones((1, 1)),
                       np.zeros(1))
+
+
+def test_large_estimate_matches_the_full_eigendecomposition():
+    """Past 2 K + 16 dimensions the top K come from subspace iteration: the same variances and
+    directions as NumPy's full decomposition, on a spectrum that decays as image data's does."""
+    rng = np.random.default_rng(3)
+    scales = 0.96 ** np.arange(300)
+    images = ((rng.normal(size=(400, 300)) * scales) @ np.linalg.qr(rng.normal(size=(300, 300)))[0])
+    start = gaussian_start.estimate(images.reshape(400, 10, 10, 3), t=5, T=10, components=64)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(images, rowvar=False))
+    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+    np.testing.assert_allclose(start.variances[0], eigenvalues[:64], rtol=1e-5)
+    np.testing.assert_allclose(start.residual[0], eigenvalues[64:].mean(), rtol=1e-5)
+    overlap = np.abs(np.sum(start.components[0].astype(np.float64) * eigenvectors[:, :64].T, 1))
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-4)

@@ -25,9 +25,10 @@ LOCK_NAME = ".keras-ddpm.lock"
 SAMPLE_STEPS = 50
 # Draws per timestep and class of the calibration after training (as good as 256 on
 # shapes, a quarter of the time: 33 s on 2 CPU cores), and the training images they
-# are drawn from.
+# are drawn from, whose Gaussian the samples start from: one epoch of the default
+# (8192 images started shapes' samples closer to the data than 2048, BENCHMARKS.md).
 CALIBRATION_SAMPLES = 64
-CALIBRATION_IMAGES = 2048
+CALIBRATION_IMAGES = 8192
 
 
 def add_parser(subparsers):
