@@ -276,8 +276,8 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
     rng = np.random.default_rng(seed)
     offsets = np.zeros((len(networks), len(grid), len(pools)) + images.shape[1:], np.float32)
     progress = keras.utils.Progbar(len(blocks), verbose=verbose, unit_name="block")
-    for start in range(0, len(blocks), per_call):
-        chunk = blocks[start:start + per_call]
+    for first in range(0, len(blocks), per_call):
+        chunk = blocks[first:first + per_call]
         pools_drawn = [pools[condition][1] for _, condition in chunk]
         x0 = np.concatenate([images[pool[rng.integers(0, len(pool), samples_per_step)]]
                              for pool in pools_drawn])
@@ -288,7 +288,7 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
         means = ops.convert_to_numpy(mean_errors(x0, noises, steps, call_labels))
         for j, (k, condition) in enumerate(chunk):
             offsets[:, k, condition] = means[:, j]
-        progress.update(start + len(chunk))
+        progress.update(first + len(chunk))
     perturbed = offsets[1] if len(networks) > 1 else None
     start = None if start_t is None else gaussian_start.estimate(
         images, start_t, model.T, [pool for _, pool in pools])

@@ -163,10 +163,11 @@ def estimate(images, t, T, pools=None, components=DEFAULT_COMPONENTS):
     kept = max(1, min([components, flat.shape[1]] + [len(pool) - 1 for pool in pools]))
     means, directions, variances, residual = [], [], [], []
     for pool in pools:
-        centred = flat[pool] - flat[pool].mean(axis=0)
+        mean = flat[pool].mean(axis=0)
+        centred = flat[pool] - mean
         pool_directions, pool_variances = _principal(centred, kept)
         total = np.sum(centred**2) / max(1, len(pool) - 1)
-        means.append(flat[pool].mean(axis=0).reshape(images.shape[1:]))
+        means.append(mean.reshape(images.shape[1:]))
         directions.append(pool_directions)
         variances.append(pool_variances)
         residual.append(max(0.0, total - pool_variances.sum()) / max(1, flat.shape[1] - kept))
