@@ -221,13 +221,14 @@ def default_timesteps(T, steps=DEFAULT_GRID_STEPS):
 
 
 def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_STEP,
-             timesteps=None, seed=0, verbose=0, start="auto"):
+             timesteps=None, seed=0, verbose=0, start="auto",
+             start_clusters=gaussian_start.DEFAULT_CLUSTERS):
     """The `Calibration` of `model`, estimated from `images` (and their `labels`).
 
     For each timestep of the grid and each condition, `samples_per_step`
     draws of an image (of that class; any image for "no class") and of eps,
     and the mean of eps_theta(x_t, t) - eps over them; and, unless `start`
-    is None, the images' mean and principal variances per condition, from
+    is None, a Gaussian mixture fitted to the images of each condition, from
     which sampling starts (`keras_ddpm.gaussian_start`).
 
     Args:
@@ -241,8 +242,10 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
         seed: int. The draws' seed: the same seed, the same calibration.
         verbose: 0 or 1. A progress bar over the (timestep, condition) blocks.
         start: int in 1..T, "auto" or None. The timestep at which sampling
-            starts from the data's Gaussian ("auto": `gaussian_start.
+            starts from the data's Gaussian mixture ("auto": `gaussian_start.
             default_start`, 0.76 T); None: from pure noise at T.
+        start_clusters: int >= 1. Gaussians of the mixture per condition
+            (k-means groups of its images); 1: one Gaussian per condition.
 
     Returns:
         A `Calibration`.
@@ -265,6 +268,7 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
     grid = default_timesteps(model.T) if timesteps is None else np.asarray(timesteps, np.int32)
     _check_timesteps(grid, model.T)  # Before the network calls.
     start_t = _start_timestep(start, model.T)
+    gaussian_start.check_count("start_clusters", start_clusters)
     pools = _condition_pools(model, images, labels)
     networks = [model.network]
     if guidance.has_attention(model.network):
@@ -291,7 +295,7 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
         progress.update(first + len(chunk))
     perturbed = offsets[1] if len(networks) > 1 else None
     start = None if start_t is None else gaussian_start.estimate(
-        images, start_t, model.T, [pool for _, pool in pools])
+        images, start_t, model.T, [pool for _, pool in pools], clusters=start_clusters)
     return Calibration(grid, offsets[0], model.T, perturbed, start)
 
 

@@ -18,7 +18,7 @@ import keras
 from keras import ops
 
 from keras_ddpm import calibration as calibration_module
-from keras_ddpm import guidance, jax_steps, sampling, sampling_api, targets, tf_steps
+from keras_ddpm import gaussian_start, guidance, jax_steps, sampling, sampling_api, targets, tf_steps
 from keras_ddpm.ema import WeightAverage
 from keras_ddpm.schedule import ddpm_schedule, min_snr_weights
 
@@ -467,7 +467,8 @@ class DiffusionModel(keras.Model):
 
     def calibrate(self, images, labels=None,
                   samples_per_step=calibration_module.DEFAULT_SAMPLES_PER_STEP, timesteps=None,
-                  seed=0, verbose=0, start="auto"):
+                  seed=0, verbose=0, start="auto",
+                  start_clusters=gaussian_start.DEFAULT_CLUSTERS):
         """Estimate the noise estimate's mean error (Pang et al. 2023) and sample without it.
 
         Sets and returns `calibration` (`keras_ddpm.calibration.estimate`: the
@@ -476,8 +477,9 @@ class DiffusionModel(keras.Model):
         `labels`). Sampling, guidance and `score` then subtract it; training
         does not. About 50 x (classes + 1) x `samples_per_step` network calls,
         twice that for a network with self-attention. With a `start` (int
-        in 1..T; "auto": 0.76 T; None: none) `sample` starts there from the
-        images' Gaussian (`keras_ddpm.gaussian_start`), not from pure noise.
+        in 1..T; "auto": 0.76 T; None: none) `sample` starts there from a
+        mixture of `start_clusters` Gaussians per class fitted to the images
+        (`keras_ddpm.gaussian_start`), not from pure noise.
 
         Example:
         >>> calibration = model.calibrate(np.zeros((8, 32, 32, 3)), samples_per_step=2,
@@ -487,7 +489,8 @@ class DiffusionModel(keras.Model):
         >>> model.calibration = None
         """
         self.calibration = calibration_module.estimate(
-            self, images, labels, samples_per_step, timesteps, seed, verbose, start
+            self, images, labels, samples_per_step, timesteps, seed, verbose, start,
+            start_clusters,
         )
         return self.calibration
 

@@ -31,6 +31,7 @@ import numpy as np
 import keras
 from keras import ops
 
+from keras_ddpm.gaussian_start import normal_to_uniform
 from keras_ddpm.sampling import add_noise, compile_function, gather, stateless_normal
 
 MAX_SEED = 2**31 - 2  # Seeds are int32 pairs: 0..MAX_SEED.
@@ -40,7 +41,9 @@ def noise_seed(seed, chunk, num_steps, step=-1, draw=0):
     """The stateless seed of one noise draw: the package's seed layout, in one place.
 
     Chunk `c` of a run with seed `s` and `S` steps draws its starting noise
-    x_T from `(s, c (S + 1))` and the `k`-th noise of step `i` from
+    x_T from `(s, c (S + 1))` (and, starting from a Gaussian mixture, the
+    draws that pick each image's Gaussian from `(s + 1, c (S + 1))`), and the
+    `k`-th noise of step `i` from
     `(s + k, c (S + 1) + 1 + i)` (k = 0: the sampler's noise; RePaint uses
     k = 1 for the known pixels and 2 to go back a step, and 3 r + k for its
     r-th repetition). So every draw of a run is distinct and reproducible for
@@ -410,11 +413,13 @@ class ReverseProcess:
         steps = len(plan.timesteps)
         x_seed = noise_seed(seed, chunk_index, steps)
         x = stateless_normal((n,) + self.image_shape, x_seed)
-        if plan.start is not None:  # The same draws, mapped to the data's Gaussian.
+        if plan.start is not None:  # The same draws, mapped to the data's Gaussian mixture.
             labels = conditions.get("labels")
+            picks = stateless_normal((n,), noise_seed(seed, chunk_index, steps, draw=1))
             x = ops.convert_to_tensor(plan.start.draw(
                 ops.convert_to_numpy(x), None if labels is None else ops.convert_to_numpy(labels),
                 float(np.asarray(self.schedule["alphabar_t"])[int(plan.timesteps[0])]),
+                uniform=normal_to_uniform(ops.convert_to_numpy(picks)),
             ))
         state = sampler.initial_state(x)
         arrays = [ops.convert_to_tensor(a) for a in (plan.timesteps, plan.prev_timesteps)]
