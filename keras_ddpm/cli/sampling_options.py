@@ -97,8 +97,9 @@ def add_sampling_arguments(parser, labels=True):
         action=argparse.BooleanOptionalAction,
         default=True,
         help="use the model's calibration, saved by `keras-ddpm train` (keras_ddpm.calibration: "
-        "the mean error of its noise estimate at each timestep, subtracted, and the training "
-        "images' Gaussian, from which sampling starts part-way down); --no-calibration "
+        "the mean error of its noise estimate at each timestep, subtracted, and a Gaussian "
+        "mixture fitted to the training images, from which sampling starts part-way down); "
+        "--no-calibration "
         "samples without either, from pure noise",
     )
     group.add_argument(

@@ -25,8 +25,8 @@ LOCK_NAME = ".keras-ddpm.lock"
 SAMPLE_STEPS = 50
 # Draws per timestep and class of the calibration after training (as good as 256 on
 # shapes, a quarter of the time: 33 s on 2 CPU cores), and the training images they
-# are drawn from, whose Gaussian the samples start from: one epoch of the default
-# (8192 images started shapes' samples closer to the data than 2048, BENCHMARKS.md).
+# are drawn from, whose Gaussian mixture the samples start from: one epoch of the
+# default (8192 images started shapes' samples closer to the data than 2048, BENCHMARKS.md).
 CALIBRATION_SAMPLES = 64
 CALIBRATION_IMAGES = 8192
 
@@ -316,7 +316,8 @@ def _add_output_arguments(train):
         help="after training, calibrate the model (keras_ddpm.calibration: take the mean "
         "error out of its noise estimate at each timestep, Pang et al. 2023, with N draws "
         "per timestep and class from training images; and start sampling at 0.76 T from "
-        "those images' Gaussian, keras_ddpm.gaussian_start) and save it with the model; it "
+        "a mixture of 16 Gaussians per class fitted to those images, keras_ddpm.gaussian_start) "
+        "and save it with the model; it "
         "balances the samples' colours on shapes (BENCHMARKS.md); 0 is off",
     )
     output.add_argument(
@@ -466,8 +467,9 @@ def _calibrate(model, dataset, args):
     start = time.perf_counter()
     model.calibrate(np.concatenate(images), np.concatenate(labels) if labels else None,
                     samples_per_step=args.calibration_samples, seed=args.seed)
-    print(f"Calibrated in {time.perf_counter() - start:.0f} s; sampling starts at t = "
-          f"{model.calibration.start.t} from the training images' Gaussian.", flush=True)
+    mixture = model.calibration.start
+    print(f"Calibrated in {time.perf_counter() - start:.0f} s; sampling starts at t = {mixture.t} "
+          f"from {len(mixture.means)} Gaussians fitted to the training images.", flush=True)
 
 
 def _write_outputs(args, model, history, out_dir):
