@@ -204,3 +204,8 @@ def test_a_mixture_needs_its_uniform_draws_and_old_tables_still_load():
     z = np.random.default_rng(7).normal(size=(4, 2, 2, 2))
     np.testing.assert_array_equal(loaded.draw(z, np.array([0, 1, 1, 0]), 0.3),
                                   single.draw(z, np.array([0, 1, 1, 0]), 0.3))
+    # One Gaussian per condition in any order needs no uniform draws.
+    swapped = GaussianStart(5, 10, single.means[::-1], single.components[::-1],
+                            single.variances[::-1], single.residual[::-1], conditions=[1, 0])
+    np.testing.assert_array_equal(swapped.draw(z, np.array([0, 1, 1, 0]), 0.3),
+                                  single.draw(z, np.array([0, 1, 1, 0]), 0.3))
