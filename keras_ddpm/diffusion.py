@@ -18,7 +18,8 @@ import keras
 from keras import ops
 
 from keras_ddpm import calibration as calibration_module
-from keras_ddpm import gaussian_start, guidance, jax_steps, sampling, sampling_api, targets, tf_steps
+from keras_ddpm import gaussian_start, guidance, jax_steps, sampling, sampling_api, targets
+from keras_ddpm import tf_steps
 from keras_ddpm.ema import WeightAverage
 from keras_ddpm.schedule import ddpm_schedule, min_snr_weights
 

@@ -276,7 +276,8 @@ def _groups(rows, clusters):
     nearest = np.sum((points - centres[0]) ** 2, axis=1)
     for _ in range(clusters - 1):
         total = nearest.sum()
-        chosen = rng.choice(len(points), p=nearest / total) if total > 0 else rng.integers(len(points))
+        chosen = (rng.choice(len(points), p=nearest / total) if total > 0
+                  else rng.integers(len(points)))
         centres.append(points[chosen])
         nearest = np.minimum(nearest, np.sum((points - points[chosen]) ** 2, axis=1))
     centres = np.stack(centres)

@@ -99,8 +99,7 @@ def add_sampling_arguments(parser, labels=True):
         help="use the model's calibration, saved by `keras-ddpm train` (keras_ddpm.calibration: "
         "the mean error of its noise estimate at each timestep, subtracted, and a Gaussian "
         "mixture fitted to the training images, from which sampling starts part-way down); "
-        "--no-calibration "
-        "samples without either, from pure noise",
+        "--no-calibration samples without either, from pure noise",
     )
     group.add_argument(
         "--sampler",

@@ -317,8 +317,8 @@ def _add_output_arguments(train):
         "error out of its noise estimate at each timestep, Pang et al. 2023, with N draws "
         "per timestep and class from training images; and start sampling at 0.76 T from "
         "a mixture of 16 Gaussians per class fitted to those images, keras_ddpm.gaussian_start) "
-        "and save it with the model; it "
-        "balances the samples' colours on shapes (BENCHMARKS.md); 0 is off",
+        "and save it with the model; it balances the samples' colours on shapes (BENCHMARKS.md); "
+        "0 is off",
     )
     output.add_argument(
         "--grid-every",
