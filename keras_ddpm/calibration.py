@@ -24,9 +24,9 @@ that guidance adds no mean error either. The means are kept on a grid of
 timesteps and interpolated linearly in t between its points.
 
 Above some timestep even a calibrated network is a poor guide (its colour mix
-on `shapes` is decided there), and the noised data is close to Gaussian: a
-calibration also keeps the training images' mean and principal variances per
-condition, and sampling starts from that Gaussian part-way down
+on `shapes` is decided there), and the noised data is close to its Gaussian
+approximation: a calibration also keeps a Gaussian mixture fitted to the
+training images of each condition, and sampling starts from it part-way down
 (`keras_ddpm.gaussian_start`, 0.76 T by default).
 
 Reference:
@@ -71,8 +71,8 @@ class Calibration:
         perturbed_offsets: array like `offsets` for the perturbed-attention
             copy of the network, or None (its estimates are left as they are).
         start: a `keras_ddpm.gaussian_start.GaussianStart` (sampling starts
-            at its timestep from the data's Gaussian), or None (from pure
-            noise at T).
+            at its timestep from the data's Gaussian mixture), or None (from
+            pure noise at T).
 
     Example:
     >>> offsets = np.stack([np.full((1, 2, 2, 1), 1.0), np.full((1, 2, 2, 1), 3.0)])
@@ -268,7 +268,7 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
     grid = default_timesteps(model.T) if timesteps is None else np.asarray(timesteps, np.int32)
     _check_timesteps(grid, model.T)  # Before the network calls.
     start_t = _start_timestep(start, model.T)
-    gaussian_start.check_count("start_clusters", start_clusters)
+    gaussian_start.check_positive_int("start_clusters", start_clusters)
     pools = _condition_pools(model, images, labels)
     networks = [model.network]
     if guidance.has_attention(model.network):

@@ -550,8 +550,8 @@ class DiffusionModel(keras.Model):
         The whole loop is compiled (no host round trip per step). Returns raw
         float32 images in model space (about [-1, 1]); use
         `keras_ddpm.plotting.to_uint8` to display them. A model calibrated
-        with a start (`calibrate`) starts from the data's Gaussian at its
-        start timestep and leaves out the steps above it.
+        with a start (`calibrate`) starts from the data's Gaussian mixture at
+        its start timestep and leaves out the steps above it.
 
         Args:
             n: int. Number of images, > 0.

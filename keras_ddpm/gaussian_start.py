@@ -229,17 +229,17 @@ def estimate(images, t, T, pools=None, components=DEFAULT_COMPONENTS, clusters=D
     ...          clusters=1)
     GaussianStart(t=8 of 10, 2 condition(s), 2 Gaussian(s) of 2 component(s))
     """
-    check_count("components", components)
-    check_count("clusters", clusters)
+    check_positive_int("components", components)
+    check_positive_int("clusters", clusters)
     images = np.asarray(images, np.float64)
     flat = images.reshape(len(images), -1)
     pools = [np.arange(len(images))] if pools is None else pools
     kept = min(components, flat.shape[1])
     gaussians, conditions, weights = [], [], []
     for condition, pool in enumerate(pools):
-        groups = _groups(flat[pool], clusters)
-        for group in groups:
-            gaussians.append(_gaussian(flat[pool][group], kept))
+        rows = flat[pool]
+        for group in _groups(rows, clusters):
+            gaussians.append(_gaussian(rows[group], kept))
             conditions.append(condition)
             weights.append(len(group) / len(pool))
     means, directions, variances, residual = (np.stack(table) for table in zip(*gaussians))
@@ -333,11 +333,11 @@ def _top_eigenpairs(matrix, kept, iterations=8):
     return values, basis @ rotation
 
 
-def check_count(name, value):
+def check_positive_int(name, value):
     """`value` as an int if it is a positive integer, else a ValueError naming `name`.
 
     Example:
-    >>> check_count("clusters", 16)
+    >>> check_positive_int("clusters", 16)
     16
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -153,7 +153,7 @@ class SamplingAPI:
             frames: iterable of int or None. Timesteps whose images to keep.
             jit_compile: bool. TensorFlow: compile the loop with XLA.
             start: a `keras_ddpm.gaussian_start.GaussianStart`, or None. Start
-                part-way down from the data's Gaussian (`Plan.starting_from`).
+                part-way down from the data's Gaussian mixture (`Plan.starting_from`).
 
         Returns:
             A float32 array `(n, H, W, C)`, or `(images, frames)`.
