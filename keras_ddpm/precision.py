@@ -9,13 +9,16 @@ it is emulated (5-8x on an AVX-512 CPU without BF16 units, see BENCHMARKS.md).
   (A100, RTX 30xx, L4, H100, ...), and on TPUs;
 - a CPU whose flags (`/proc/cpuinfo`, `lscpu`) include `avx512_bf16` or
   `amx_bf16` (Intel Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later),
+  under the TensorFlow backend, whose oneDNN kernels use those units,
 
-and `float32` everywhere else. Detection asks the active Keras backend for its
-GPUs and reads `/proc/cpuinfo`; both can be passed in instead, which is how the
-tests mock either kind of hardware.
+and `float32` everywhere else: on a CPU under JAX, XLA's CPU kernels train the
+lecture's network slower in bfloat16 than in float32 even with AMX (0.80x on a
+Sapphire Rapids-class Xeon, BENCHMARKS.md). Detection asks the active Keras
+backend for its GPUs and name and reads `/proc/cpuinfo`; all three can be
+passed in instead, which is how the tests mock any kind of machine.
 
 Example:
->>> auto_precision(cpu_flags={"avx2", "avx512_bf16"}, gpus=[])
+>>> auto_precision(cpu_flags={"avx2", "avx512_bf16"}, gpus=[], backend="tensorflow")
 'mixed_bfloat16'
 >>> auto_precision(cpu_flags={"avx2"}, gpus=[])
 'float32'
@@ -107,17 +110,19 @@ def _capability(value):
     return tuple(int(part) for part in value)[:2]
 
 
-def bfloat16_support(cpu_flags=None, gpus=None):
-    """Whether this machine computes bfloat16 natively, and why.
+def bfloat16_support(cpu_flags=None, gpus=None, backend=None):
+    """Whether this machine computes bfloat16 natively and fast, and why.
 
     Training runs on the GPUs when there are any, so then they alone decide
-    (all of them must have bfloat16 units); otherwise the CPU's flags do.
+    (all of them must have bfloat16 units); otherwise the CPU's flags do,
+    under the TensorFlow backend only (see the module's docstring).
 
     Args:
         cpu_flags: iterable of str, or None. The CPU's feature flags; None
             reads them with `read_cpu_flags()`.
         gpus: list of `(major, minor)` compute capabilities, or None. The
             local GPUs; None asks the Keras backend (`local_gpus()`).
+        backend: str or None. The Keras backend's name; None: the active one.
 
     Returns:
         A tuple `(native, reason)`: a bool, and a few words for a log line.
@@ -125,6 +130,8 @@ def bfloat16_support(cpu_flags=None, gpus=None):
     Example:
     >>> bfloat16_support(cpu_flags=["avx2"], gpus=[(9, 0), (9, 0)])
     (True, '2 GPU(s) with compute capability >= 8.0')
+    >>> bfloat16_support(cpu_flags=["amx_bf16"], gpus=[], backend="jax")
+    (False, 'CPU with amx_bf16, slower in bfloat16 than float32 under jax')
     """
     gpus = local_gpus() if gpus is None else [_capability(gpu) for gpu in gpus]
     if gpus:
@@ -133,17 +140,20 @@ def bfloat16_support(cpu_flags=None, gpus=None):
         return False, f"{len(gpus)} GPU(s), not all with compute capability >= 8.0"
     flags = read_cpu_flags() if cpu_flags is None else frozenset(f.lower() for f in cpu_flags)
     found = [flag for flag in BF16_CPU_FLAGS if flag in flags]
+    backend = keras.backend.backend() if backend is None else backend
+    if found and backend != "tensorflow":
+        found = " and ".join(found)
+        return False, f"CPU with {found}, slower in bfloat16 than float32 under {backend}"
     if found:
         return True, f"CPU with {' and '.join(found)}"
     return False, "CPU without avx512_bf16 or amx_bf16"
 
 
-def auto_precision(cpu_flags=None, gpus=None):
+def auto_precision(cpu_flags=None, gpus=None, backend=None):
     """The dtype policy `precision="auto"` means on this machine.
 
     Args:
-        cpu_flags: iterable of str, or None. See `bfloat16_support`.
-        gpus: list of `(major, minor)`, or None. See `bfloat16_support`.
+        cpu_flags, gpus, backend: see `bfloat16_support`.
 
     Returns:
         `"mixed_bfloat16"` where the hardware computes bfloat16 natively,
@@ -154,17 +164,16 @@ def auto_precision(cpu_flags=None, gpus=None):
     'float32'
     >>> keras.config.set_dtype_policy(auto_precision())  # doctest: +SKIP
     """
-    native, _ = bfloat16_support(cpu_flags=cpu_flags, gpus=gpus)
+    native, _ = bfloat16_support(cpu_flags=cpu_flags, gpus=gpus, backend=backend)
     return "mixed_bfloat16" if native else "float32"
 
 
-def resolve_precision(name, cpu_flags=None, gpus=None):
+def resolve_precision(name, cpu_flags=None, gpus=None, backend=None):
     """A Keras dtype policy name from a precision option: `"auto"` or a policy.
 
     Args:
         name: str. `"auto"` or one of `PRECISIONS`.
-        cpu_flags: iterable of str, or None. Used for `"auto"` only.
-        gpus: list of `(major, minor)`, or None. Used for `"auto"` only.
+        cpu_flags, gpus, backend: used for `"auto"` only, see `bfloat16_support`.
 
     Returns:
         str. The policy name, e.g. `"float32"`.
@@ -172,11 +181,11 @@ def resolve_precision(name, cpu_flags=None, gpus=None):
     Example:
     >>> resolve_precision("mixed_float16")
     'mixed_float16'
-    >>> resolve_precision("auto", cpu_flags=["amx_bf16"], gpus=[])
+    >>> resolve_precision("auto", cpu_flags=["amx_bf16"], gpus=[], backend="tensorflow")
     'mixed_bfloat16'
     """
     if name == AUTO:
-        return auto_precision(cpu_flags=cpu_flags, gpus=gpus)
+        return auto_precision(cpu_flags=cpu_flags, gpus=gpus, backend=backend)
     if name not in PRECISIONS:
         raise ValueError(
             f"Unknown precision {name!r}: choose {AUTO!r} or one of {', '.join(PRECISIONS)}."

@@ -186,8 +186,27 @@ INTEL_ICELAKE_FLAGS = "avx2 avx512f avx512bw avx512_vnni"  # AVX-512 without bf1
     ],
 )
 def test_auto_precision_picks_bfloat16_only_on_hardware_that_computes_it(cpu_flags, gpus, expected):
-    assert precision.auto_precision(cpu_flags=cpu_flags.split(), gpus=gpus) == expected
-    assert precision.resolve_precision("auto", cpu_flags=cpu_flags.split(), gpus=gpus) == expected
+    machine = dict(cpu_flags=cpu_flags.split(), gpus=gpus, backend="tensorflow")
+    assert precision.auto_precision(**machine) == expected
+    assert precision.resolve_precision("auto", **machine) == expected
+
+
+@pytest.mark.parametrize(
+    "cpu_flags, gpus, expected",
+    [
+        (AMD_ZEN2_FLAGS + " amx_bf16 avx512_bf16", [], "float32"),  # XLA's CPU kernels
+        (AMD_ZEN2_FLAGS, [(9, 0)], "mixed_bfloat16"),  # a GPU decides on any backend
+        (AMD_ZEN2_FLAGS + " amx_bf16", [(7, 0)], "float32"),
+    ],
+)
+def test_auto_precision_leaves_the_cpu_in_float32_under_jax(cpu_flags, gpus, expected):
+    machine = dict(cpu_flags=cpu_flags.split(), gpus=gpus, backend="jax")
+    assert precision.auto_precision(**machine) == expected
+    native, reason = precision.bfloat16_support(**machine)
+    assert native == (expected == "mixed_bfloat16")
+    if not gpus:
+        assert reason == (
+            "CPU with avx512_bf16 and amx_bf16, slower in bfloat16 than float32 under jax")
 
 
 def test_cpu_flags_are_read_from_a_cpuinfo_file(tmp_path):
@@ -199,14 +218,15 @@ def test_cpu_flags_are_read_from_a_cpuinfo_file(tmp_path):
     assert precision.read_cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
     assert precision.read_cpu_flags(tmp_path / "missing") == frozenset()
     flags = precision.read_cpu_flags(cpuinfo)
-    assert precision.bfloat16_support(cpu_flags=flags, gpus=[]) == (
+    assert precision.bfloat16_support(cpu_flags=flags, gpus=[], backend="tensorflow") == (
         True, "CPU with avx512_bf16"
     )
 
 
 def test_explicit_precisions_pass_through_and_unknown_ones_are_refused():
     for name in precision.PRECISIONS:
-        assert precision.resolve_precision(name, cpu_flags=["amx_bf16"], gpus=[]) == name
+        assert precision.resolve_precision(
+            name, cpu_flags=["amx_bf16"], gpus=[], backend="tensorflow") == name
     with pytest.raises(ValueError, match="Unknown precision 'bfloat16'"):
         precision.resolve_precision("bfloat16")
     # The CLI offers the same choices (it does not import Keras to list them).
