@@ -136,6 +136,10 @@ def parse_args(argv=None):
     parser.add_argument("--attention-guidance", nargs="+", type=float, default=[0.0],
                         metavar="S", help="perturbed-attention guidance scales of Unet rows "
                         "(keras_ddpm.guidance), each with each guidance scale (default: 0, off)")
+    parser.add_argument("--denoise-at", nargs="+", type=int, default=[0], metavar="T",
+                        help="final denoising timesteps (DiffusionModel.sample's denoise_at; "
+                        "`keras-ddpm sample` uses T/20), each with each guidance scale "
+                        "(default: 0, off)")
     parser.add_argument("--n", type=int, default=500, help="samples per row (and real images)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training budget of every row (default: keras-ddpm train's)")
@@ -162,6 +166,8 @@ def parse_args(argv=None):
     args.samplers = args.samplers or default_samplers()
     for error in filter(None, map(sampler_text_error, args.samplers)):
         parser.error(error)
+    if min(args.denoise_at) < 0:
+        parser.error(f"--denoise-at takes timesteps >= 0 (0: off), got {args.denoise_at}")
     return args
 
 
@@ -267,7 +273,7 @@ def score_model(trained, args, judge, reference, real):
             continue
         for suffix, options in sampling_conditions(
                 model.num_classes, args.n, args.seed, args.guidance_scales,
-                args.attention_guidance, sep=" "):
+                args.attention_guidance, sep=" ", denoise_at=args.denoise_at):
             label = sampler_label(name, steps, eta) + suffix
             row = {"row": trained.name, "training": trained.description, "sampler": label,
                    "n": args.n, "train_seconds": trained.train_seconds}

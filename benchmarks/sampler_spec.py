@@ -8,6 +8,8 @@
     "--samplers 'dpm++:20:1': an ETA in [0, 1] is DDIM's, e.g. ddim:50:1"
     >>> [suffix for suffix, _ in sampling_conditions(3, 6, 0, [1.5, 2], [0, 0.5])]
     ['-w1.5', '-w1.5-pag0.5', '-w2', '-w2-pag0.5']
+    >>> [suffix for suffix, _ in sampling_conditions(None, 6, 0, [2], [0.3], denoise_at=[0, 50])]
+    ['-pag0.3', '-pag0.3-dn50']
 """
 import numpy as np
 
@@ -37,16 +39,21 @@ def sampler_text_error(text):
     return None
 
 
-def sampling_conditions(num_classes, n, seed, guidance_scales, attention_scales=(0.0,), sep="-"):
-    """`(suffix, sample options)` for every guidance scale and attention-guidance scale.
+def sampling_conditions(num_classes, n, seed, guidance_scales, attention_scales=(0.0,), sep="-",
+                        denoise_at=(0,)):
+    """`(suffix, sample options)` for every guidance scale, attention-guidance scale and
+    final denoising timestep.
 
     An unconditional model (`num_classes` None) gets only the attention-guidance
-    entries; a conditional one samples every class in equal numbers, in a random
-    order drawn from `seed` (as `shapes` draws its labels), with each
-    classifier-free `guidance_scales` entry. An attention-guidance scale of 0 is
-    off (no suffix)."""
+    and denoising entries; a conditional one samples every class in equal numbers,
+    in a random order drawn from `seed` (as `shapes` draws its labels), with each
+    classifier-free `guidance_scales` entry. An attention-guidance scale or a
+    `denoise_at` of 0 is off (no suffix)."""
     attention = [(f"{sep}pag{scale:g}", {"attention_guidance": scale}) if scale else ("", {})
                  for scale in attention_scales]
+    denoising = [(f"{sep}dn{t}", {"denoise_at": t}) if t else ("", {}) for t in denoise_at]
+    attention = [(a + d, {**a_options, **d_options})
+                 for a, a_options in attention for d, d_options in denoising]
     if num_classes is None:
         return attention
     labels = np.random.default_rng(seed).permutation(np.arange(n) % num_classes)

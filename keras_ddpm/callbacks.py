@@ -53,6 +53,8 @@ class SampleGrid(keras.callbacks.Callback):
             `DiffusionModel.sample` (1 adds DDPM's noise to each step).
         attention_guidance: float or None. Perturbed-attention guidance, as
             in `DiffusionModel.sample` (None: off).
+        denoise_at: int or None. The final denoising's timestep, as in
+            `DiffusionModel.sample` (None: off).
 
     Example:
     >>> grids = SampleGrid(every=2, n=16, steps=50, directory="runs/grids")
@@ -72,6 +74,7 @@ class SampleGrid(keras.callbacks.Callback):
         guidance_scale=None,
         eta=0.0,
         attention_guidance=None,
+        denoise_at=None,
     ):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -86,6 +89,7 @@ class SampleGrid(keras.callbacks.Callback):
         self.guidance_scale = guidance_scale
         self.eta = eta
         self.attention_guidance = attention_guidance
+        self.denoise_at = denoise_at
         self.images = {}
         self._writer = None
         self._epochs = None
@@ -116,6 +120,7 @@ class SampleGrid(keras.callbacks.Callback):
                 guidance_scale=self.guidance_scale,
                 eta=self.eta,
                 attention_guidance=self.attention_guidance,
+                denoise_at=self.denoise_at,
                 verbose=0,
             )
         self.images[done] = images

@@ -539,7 +539,7 @@ class DiffusionModel(keras.Model):
 
     def sample(self, n, steps=None, eta=0.0, seed=None, sampler=None, clip_x0=None, frames=None,
                batch_size=None, verbose="auto", labels=None, guidance_scale=None, spacing=None,
-               attention_guidance=None):
+               attention_guidance=None, denoise_at=None):
         """Generate `n` images by reverse diffusion from pure noise.
 
         With `steps=None` (or `steps=T`) this is the lecture's ancestral DDPM
@@ -559,14 +559,16 @@ class DiffusionModel(keras.Model):
                 intermediate images (the lecture shows 1000, 200, 50, 0);
                 each is recorded at the first sampled timestep <= it.
             steps, eta, seed, sampler, clip_x0, batch_size, verbose, labels,
-                guidance_scale, spacing, attention_guidance: the sampling
-                options, documented with their defaults in
+                guidance_scale, spacing, attention_guidance, denoise_at: the
+                sampling options, documented with their defaults in
                 `keras_ddpm.sampling_api.SampleOptions` (`steps`: 1..T;
                 `seed`: the same seed gives the same images, also after
                 reloading; `batch_size`: chunks of at most this many images;
                 `labels`, `guidance_scale`: classes and classifier-free
                 guidance of a conditional model; `attention_guidance`:
-                perturbed-attention guidance of a `Unet`, `keras_ddpm.guidance`).
+                perturbed-attention guidance of a `Unet`, `keras_ddpm.guidance`;
+                `denoise_at`: one more denoising of the finished images at
+                that timestep).
 
         Returns:
             A float32 NumPy array `(n, H, W, C)`, or `(images, frames_dict)`
@@ -578,18 +580,20 @@ class DiffusionModel(keras.Model):
         >>> images = model.sample(4, steps=50, seed=0, verbose=0)
         >>> images = model.sample(4, steps=20, sampler="dpm++", seed=0)
         >>> images, frames = model.sample(1, seed=0, frames=[1000, 200, 50, 0])
+        >>> images = model.sample(4, steps=50, eta=1.0, seed=0, denoise_at=50)
         """
         options = sampling_api.SampleOptions(
             steps=steps, eta=eta, seed=seed, sampler=sampler, clip_x0=clip_x0,
             batch_size=batch_size, verbose=verbose, labels=labels,
             guidance_scale=guidance_scale, spacing=spacing, attention_guidance=attention_guidance,
+            denoise_at=denoise_at,
         )
         start = None if self._calibration is None else self._calibration.start
         return self._sampling.sample(n, options, frames, self._sampling_jit(), start)
 
     def inpaint(self, images, mask, steps=None, seed=None, resample=1, eta=0.0, sampler=None,
                 clip_x0=None, batch_size=None, verbose="auto", labels=None, guidance_scale=None,
-                spacing=None, attention_guidance=None):
+                spacing=None, attention_guidance=None, denoise_at=None):
         """Regenerate the pixels of `images` where `mask` is 0; keep the rest.
 
         RePaint (Lugmayr et al. 2022): run the reverse diffusion from noise,
@@ -609,7 +613,8 @@ class DiffusionModel(keras.Model):
             seed: int or None. Same seed, same result.
             resample: int >= 1. RePaint's number of resamplings per step.
             eta, sampler, clip_x0, batch_size, verbose, labels,
-                guidance_scale, spacing, attention_guidance: as in `sample`.
+                guidance_scale, spacing, attention_guidance, denoise_at: as in
+                `sample` (`denoise_at` changes the generated pixels only).
 
         Returns:
             A float32 NumPy array `(n, H, W, C)`.
@@ -623,6 +628,7 @@ class DiffusionModel(keras.Model):
             steps=steps, eta=eta, seed=seed, sampler=sampler, clip_x0=clip_x0,
             batch_size=batch_size, verbose=verbose, labels=labels,
             guidance_scale=guidance_scale, spacing=spacing, attention_guidance=attention_guidance,
+            denoise_at=denoise_at,
         )
         return self._sampling.inpaint(images, mask, resample, options, self._sampling_jit())
 

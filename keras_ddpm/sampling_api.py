@@ -71,6 +71,12 @@ class SampleOptions:
         attention_guidance: float >= 0 or None. Perturbed-attention guidance
             scale (`keras_ddpm.guidance`; networks with self-attention, one
             more network pass a step); None or 0: off.
+        denoise_at: int in 1..T or None. Denoise the finished images once
+            more, as if they were noisy images at this timestep
+            (`keras_ddpm.generation.ReverseProcess.final_denoise`: one more
+            network evaluation per image, with the run's guidance); it
+            removes the fine grain a briefly trained network leaves (the
+            command line's default: 50 of T = 1000). None: off.
 
     Example:
     >>> SampleOptions(steps=20, sampler="dpm++").eta
@@ -88,6 +94,7 @@ class SampleOptions:
     guidance_scale: object = None
     spacing: object = None
     attention_guidance: object = None
+    denoise_at: object = None
 
 
 class SamplingAPI:
@@ -218,7 +225,8 @@ class SamplingAPI:
         """`(sampler, plan, conditions, process)` of a run (`repeats`: RePaint's resampling)."""
         sampler, steps = self.sampler(options.sampler, options.steps, options.eta, options.clip_x0)
         plan = generation.make_plan(
-            sampler, self.schedule, steps, options.spacing, frames, options.verbose, repeats
+            sampler, self.schedule, steps, options.spacing, frames, options.verbose, repeats,
+            options.denoise_at,
         )
         conditions, guided = self.conditions(
             n, options.labels, options.guidance_scale, options.attention_guidance

@@ -61,6 +61,7 @@ TRAIN_OPTIONS = (
     "--sample-steps",
     "--eta",
     "--attention-guidance",
+    "--denoise-at",
     "--calibration-samples",
     "--clip-x0",
     "--no-clip-x0",
@@ -91,6 +92,7 @@ SAMPLE_OPTIONS = (
     "--unconditional",
     "--guidance-scale",
     "--attention-guidance",
+    "--denoise-at",
     "--sampler",
     "--spacing",
     "--verbose",
@@ -116,6 +118,7 @@ EVALUATE_OPTIONS = (
     "--no-calibration",
     "--sampler",
     "--spacing",
+    "--denoise-at",
     "--verbose",
     "--out",
 )
@@ -439,10 +442,17 @@ def test_sample_guides_a_unet_with_perturbed_attention_by_default(tmp_path):
                      "--npz", str(npz), "--out", str(tmp_path / "grid.png")]) == 0
     with np.load(npz) as arrays:
         default = arrays["images"]
+    # And with the final denoising at T / 20 = 1 of T = 20 (--denoise-at 0: off).
     options = {"steps": 1, "seed": 0, "verbose": 0}
-    np.testing.assert_allclose(default, model.sample(2, attention_guidance=0.3, **options),
-                               atol=1e-5)
-    assert np.abs(default - model.sample(2, **options)).max() > 1e-3
+    np.testing.assert_allclose(
+        default, model.sample(2, attention_guidance=0.3, denoise_at=1, **options), atol=1e-5)
+    assert np.abs(default - model.sample(2, denoise_at=1, **options)).max() > 1e-3
+    assert cli.main(["sample", str(tmp_path / "unet.keras"), "--n", "2", "--steps", "1",
+                     "--denoise-at", "0", "--npz", str(npz),
+                     "--out", str(tmp_path / "grid.png")]) == 0
+    with np.load(npz) as arrays:
+        np.testing.assert_allclose(arrays["images"],
+                                   model.sample(2, attention_guidance=0.3, **options), atol=1e-5)
 
 
 # --- errors ------------------------------------------------------------------------------

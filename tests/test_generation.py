@@ -89,6 +89,46 @@ def test_frames_say_which_timestep_was_sampled():
     np.testing.assert_array_equal(heun_frames[50], plain[50])
 
 
+@pytest.mark.parametrize("name, clipped", [("ddim", True), ("ddpm", False)])
+def test_final_denoising_is_tweedies_step_on_the_finished_images(name, clipped):
+    """denoise_at=s: x <- (sqrt(ab_s) x - sqrt(1 - ab_s) eps(sqrt(ab_s) x, s)) / sqrt(ab_s), with
+    the run's labels and guidance, clipped as the sampler clips; the frame at 0 is the result."""
+    T, w, s, labels = 20, 2.5, 4, np.array([0, 2, 1], np.int32)
+    model = analytic_model(T, conditional=True)
+    options = dict(steps=None if name == "ddpm" else 5, sampler=name, labels=labels,
+                   guidance_scale=w, seed=1)
+    finished = model.sample(3, **options).astype(np.float64)
+    denoised, frames = model.sample(3, denoise_at=s, frames=[0], **options)
+    ab = float(np.asarray(model.tables["alphabar_t"], np.float64)[s])
+    x_t = np.sqrt(ab) * finished
+    mix = (K + w * (labels - K)).reshape(-1, 1, 1, 1)
+    eps = 0.3 * x_t * (1.0 + s / T) + 0.1 * mix
+    expected = (x_t - np.sqrt(1.0 - ab) * eps) / np.sqrt(ab)
+    if clipped:
+        expected = np.clip(expected, -1.0, 1.0)
+    assert np.abs(expected - finished).max() > 0.01  # The step changes the images.
+    np.testing.assert_allclose(denoised, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(frames[0], denoised)
+
+
+def test_final_denoising_leaves_inpaintings_known_pixels_alone():
+    model = analytic_model()
+    images = np.random.default_rng(0).uniform(-1, 1, (2,) + SHAPE).astype("float32")
+    mask = np.ones(SHAPE[:2])
+    mask[2:6, 2:6] = 0
+    keep = np.broadcast_to(mask[None, :, :, None] == 1, images.shape)
+    plain = model.inpaint(images, mask, steps=4, seed=3)
+    denoised = model.inpaint(images, mask, steps=4, seed=3, denoise_at=2)
+    np.testing.assert_array_equal(denoised[keep], images[keep])
+    assert np.abs(denoised[~keep] - plain[~keep]).max() > 1e-3
+
+
+@pytest.mark.parametrize("denoise_at", [0, 21, -1, 2.5, True, "3"])
+def test_denoise_at_must_be_a_timestep(denoise_at):
+    with pytest.raises(ValueError, match=r"denoise_at must be a timestep in 1\.\.20"):
+        analytic_model(T=20).sample(1, steps=4, denoise_at=denoise_at)
+
+
 def test_the_compiled_loop_is_cached_by_sampler_object():
     process = generation.ReverseProcess(lambda x_t, t: 0 * x_t, SHAPE, ddpm_schedule(T=10))
     assert process.loop(sampling.DDIMSampler(0.5)) is process.loop(sampling.DDIMSampler(0.5))

@@ -141,6 +141,10 @@ def test_a_conditional_model_is_sampled_with_every_class_at_each_guidance_scale(
                                            args.attention_guidance, sep=" ")
 
     assert conditions(None) == [("", {}), (" pag0.5", {"attention_guidance": 0.5})]
+    denoised = quality.sampling_conditions(None, 10, 0, [1.0], [0.0], sep=" ", denoise_at=[0, 50])
+    assert denoised == [("", {}), (" dn50", {"denoise_at": 50})]
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--denoise-at", "-1"])
     both = conditions(3)
     assert [suffix for suffix, _ in both] == [" w1", " w1 pag0.5", " w2.5", " w2.5 pag0.5"]
     assert [options["guidance_scale"] for _, options in both] == [1.0, 1.0, 2.5, 2.5]

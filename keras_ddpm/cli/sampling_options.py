@@ -28,6 +28,16 @@ ATTENTION_GUIDANCE_HELP = (
     "{scale:g} for a conditional one; off for NaiveUnet, which has no attention)"
 ).format(default=DEFAULT_ATTENTION_GUIDANCE, scale=GUIDANCE_SCALE_WITH_ATTENTION)
 
+# The command line's final denoising (DiffusionModel.sample's denoise_at): at 1/20 of T
+# (t = 50 of 1000), chosen on four models of the default recipe, each of whose Fréchet
+# ratios it lowered (BENCHMARKS.md). The library's default is off.
+DENOISE_AT_FRACTION = 0.05
+DENOISE_AT_HELP = (
+    "denoise the finished images once more as if they were noisy images at this timestep "
+    "(Tweedie's formula: one more network evaluation per image, which removes the fine "
+    "grain of a briefly trained network); 0 is off (default: T/20, 50 of T = 1000)"
+)
+
 # keras_ddpm.sampling.SAMPLERS and SPACINGS, written out so that --help does not
 # import TensorFlow (tests/test_generation.py pins them to the library's).
 SAMPLER_CHOICES = ("ddpm", "ddim", "dpm++", "dpm++2m", "dpm++3m", "heun", "euler")
@@ -36,7 +46,7 @@ SPACING_CHOICES = ("linspace", "leading", "trailing", "logsnr", "karras")
 
 def add_sampling_arguments(parser, labels=True):
     """Adds --steps, --eta, --seed, --batch-size, --clip-x0, --jit-compile, --calibration,
-    --sampler, --spacing, --attention-guidance (and labels).
+    --sampler, --spacing, --attention-guidance, --denoise-at (and labels).
 
     Args:
         parser: `argparse.ArgumentParser` of a subcommand.
@@ -138,6 +148,13 @@ def add_sampling_arguments(parser, labels=True):
         help=ATTENTION_GUIDANCE_HELP,
     )
     group.add_argument(
+        "--denoise-at",
+        metavar="T",
+        type=common.non_negative_int,
+        default=None,
+        help=DENOISE_AT_HELP,
+    )
+    group.add_argument(
         "--guidance-scale",
         metavar="W",
         type=common.non_negative_float,
@@ -171,12 +188,27 @@ def guidance_options(model, labels, guidance_scale=None, attention_guidance=None
     return {"guidance_scale": guidance_scale, "attention_guidance": attention_guidance}
 
 
+def denoise_option(model, denoise_at=None):
+    """`DiffusionModel.sample`'s `denoise_at` for a --denoise-at value: None is
+    `DENOISE_AT_FRACTION` of the model's T (at least 1), 0 is off (None).
+
+    Example:
+    >>> class Model:
+    ...     T = 1000
+    >>> denoise_option(Model()), denoise_option(Model(), 0), denoise_option(Model(), 30)
+    (50, None, 30)
+    """
+    if denoise_at is None:
+        return max(1, round(model.T * DENOISE_AT_FRACTION))
+    return denoise_at or None
+
+
 def sampling_kwargs(args, model=None, labels=None):
     """The keyword arguments of `DiffusionModel.sample` that these options give.
 
-    With `model` (and the run's `labels`), --guidance-scale and
-    --attention-guidance get the command line's defaults (`guidance_options`);
-    without it they are passed as given.
+    With `model` (and the run's `labels`), --guidance-scale,
+    --attention-guidance and --denoise-at get the command line's defaults
+    (`guidance_options`, `denoise_option`); without it they are passed as given.
 
     Example:
     >>> parser = argparse.ArgumentParser()
@@ -194,10 +226,12 @@ def sampling_kwargs(args, model=None, labels=None):
         "sampler": args.sampler,
         "spacing": args.spacing,
         "attention_guidance": args.attention_guidance,
+        "denoise_at": args.denoise_at,
     }
     if model is not None:
         kwargs.update(guidance_options(model, labels, args.guidance_scale,
                                        args.attention_guidance))
+        kwargs["denoise_at"] = denoise_option(model, args.denoise_at)
     return kwargs
 
 
@@ -205,7 +239,7 @@ def sampling_kwargs(args, model=None, labels=None):
 _OPTION_OF_PARAMETER = {
     name: "--" + name.replace("_", "-")
     for name in ("steps", "eta", "seed", "clip_x0", "batch_size", "guidance_scale", "sampler",
-                 "spacing", "labels", "frames", "attention_guidance")
+                 "spacing", "labels", "frames", "attention_guidance", "denoise_at")
 }
 
 
