@@ -242,7 +242,8 @@ def test_improvements_notebook_guides_inpaints_and_averages(kernel, tmp_path):
         "attention_scales=sorted(attention_guided), "
         "attention_changes=bool(np.any(attention_guided[0.3] != attention_guided[0.0])), "
         "calibration=repr(model.calibration), "
-        "calibration_changes=bool(np.any(calibrated_images != plain_images)))",
+        "calibration_changes=bool(np.any(calibrated_images != plain_images)), "
+        "denoising_changes=bool(np.any(denoised_images != calibrated_images)))",
     )
     assert result["schedule"] == "cosine" and result["classes"] == 3
     # Two steps, one per epoch, in quick mode: too few for the loss to fall reliably (it
@@ -257,7 +258,7 @@ def test_improvements_notebook_guides_inpaints_and_averages(kernel, tmp_path):
     assert (tmp_path / "outputs" / "conditional.keras").exists()
     # Calibrated per class and "no class", with its start at 0.76 T (T = 20 in quick mode).
     assert "4 condition(s)" in result["calibration"] and "starting at t=15" in result["calibration"]
-    assert result["calibration_changes"]
+    assert result["calibration_changes"] and result["denoising_changes"]
     assert count_images(notebook) >= 6
 
 
