@@ -230,14 +230,16 @@ def test_train_writes_model_samples_and_history(trained_run):
     # 4 images of 32x32 in a 2x2 grid with 2-pixel borders: 2 + 2 * (32 + 2) = 70.
     _assert_png(samples_path, 70, 70)
     # samples.png is the saved model's DDIM at train's default eta 1 (the run asked for 4
-    # steps), not the deterministic DDIM, whose images differ.
+    # steps), denoised once more at T / 20 = 1: not the deterministic DDIM, nor the images
+    # without the final denoising.
     from keras_ddpm import plotting
 
     with Image.open(samples_path) as image:
         written = np.asarray(image.convert("RGB")).astype(int)
-    for eta, same in ((1.0, True), (0.0, False)):
-        grid = plotting.image_grid(model.sample(4, steps=4, eta=eta, seed=0)).astype(int)
-        assert (np.abs(written - grid).max() <= 1) == same, eta
+    for eta, denoise_at, same in ((1.0, 1, True), (0.0, 1, False), (1.0, None, False)):
+        images = model.sample(4, steps=4, eta=eta, seed=0, denoise_at=denoise_at)
+        grid = plotting.image_grid(images).astype(int)
+        assert (np.abs(written - grid).max() <= 1) == same, (eta, denoise_at)
 
 
 def test_train_init_fine_tunes_a_saved_model_on_one_class(trained_run, tmp_path):
@@ -375,9 +377,9 @@ def test_sample_without_calibration(trained_run, tmp_path):
                      "--no-calibration", "--out", str(tmp_path / "grid.png"),
                      "--npz", str(npz_path)]) == 0
     written = np.load(npz_path)["images"]
-    calibrated = model.sample(2, steps=1, seed=0)
+    calibrated = model.sample(2, steps=1, seed=0, denoise_at=1)  # --denoise-at: T / 20 = 1
     model.calibration = None
-    np.testing.assert_array_equal(written, model.sample(2, steps=1, seed=0))
+    np.testing.assert_array_equal(written, model.sample(2, steps=1, seed=0, denoise_at=1))
     assert np.abs(written - calibrated).max() > 1e-3
 
 
@@ -631,8 +633,8 @@ def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, cap
                      "--labels", "2", "--guidance-scale", "3", "--out", str(out),
                      "--npz", str(tmp_path / "s.npz")]) == 0
     saved = np.load(tmp_path / "s.npz")["images"]
-    np.testing.assert_array_equal(
-        saved, model.sample(3, steps=2, seed=0, labels=2, guidance_scale=3.0)
+    np.testing.assert_array_equal(  # With the command line's final denoising at T / 20 = 1.
+        saved, model.sample(3, steps=2, seed=0, labels=2, guidance_scale=3.0, denoise_at=1)
     )
     message = _run_error(["sample", str(out_dir / "model.keras"), "--labels", "3", "--steps", "4",
                          "--out", str(out)], capsys)
@@ -642,10 +644,10 @@ def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, cap
     assert cli.main(["sample", str(out_dir / "model.keras"), "--n", "4", "--steps", "2",
                      "--out", str(out), "--npz", str(tmp_path / "s.npz")]) == 0
     written = np.load(tmp_path / "s.npz")["images"]
-    np.testing.assert_array_equal(
-        written, model.sample(4, steps=2, seed=0, labels=[0, 1, 2, 0], guidance_scale=2.0))
+    np.testing.assert_array_equal(written, model.sample(
+        4, steps=2, seed=0, labels=[0, 1, 2, 0], guidance_scale=2.0, denoise_at=1))
     # Measured: 2.0 (the whole range) on the AMD EPYC; the bound only says "they differ".
-    assert np.abs(written - model.sample(4, steps=2, seed=0)).max() > 1e-3
+    assert np.abs(written - model.sample(4, steps=2, seed=0, denoise_at=1)).max() > 1e-3
     # `train` calibrated it with a mean per class and one for "no class" (used above:
     # `written` is the calibrated model's; --no-calibration: test_sample_without_calibration).
     assert model.calibration is not None and model.calibration.num_conditions == 4
