@@ -33,12 +33,14 @@ from keras_ddpm.callbacks import BackupAndRestore  # noqa: E402
 
 # Two epochs of one step of 4 images: 2 checkpoint saves of 2 renames, then model and history.
 # The default network and recipe (weight average, Min-SNR, warm-up) at their smallest: one
-# level of 8 channels, whose steps trace and run faster than the lecture's smallest network.
+# level of 8 channels, whose steps trace and run faster than the lecture's smallest network;
+# without XLA (the default for a float32 Unet), whose compilation would be most of the time.
 ARGS = [
     "train", "--dataset", "shapes", "--num-examples", "4", "--batch-size", "4",
     "--epochs", "2", "--widths", "8", "--attention-levels", "none", "--T", "10",
     "--precision", "float32", "--n-samples", "1", "--sample-steps", "1",
     "--grid-every", "1000", "--grid-steps", "1", "--calibration-samples", "0",
+    "--no-jit-compile",
 ]
 RENAMES = 2 * 2 + 2
 ALL_KILL_POINTS = [(n, after) for n in range(1, RENAMES + 1) for after in (False, True)]
