@@ -44,15 +44,16 @@ def _fixed_keras_seed():
 
 
 # The test files that take longest (seconds of one worker in a full run on 2 cores,
-# 2026-11-26, 321 s in all: 101, 83, 78, 57, 54, 43, 39, 36; all others 20 or less),
-# heaviest first. The suite hands whole files to the workers (`--dist loadfile`) in collection
-# order (`--no-loadscope-reorder`, pyproject.toml): the long files start first and the
-# short ones fill the end, so both workers finish together. xdist's own order (most
-# tests first) left the JAX and benchmark files, few tests but long ones, for last.
+# 2026-11-27, 347 s of wall time: 122, 92, 88 (now about 70), 57, 37, 36, 33, 28, 26, 18;
+# all others 16 or less), heaviest first. The suite hands whole files to the workers
+# (`--dist loadfile`) in collection order (`--no-loadscope-reorder`, pyproject.toml): the
+# long files start first and the short ones fill the end, so both workers finish together.
+# xdist's own order (most tests first) left the JAX and benchmark files, few tests but long
+# ones, for last.
 LONGEST_FILES = (
-    "test_notebooks.py", "test_reliability.py", "test_cli.py", "test_benchmarks.py",
-    "test_backend_jax.py", "test_quality.py", "test_precision.py", "test_distribute.py",
-    "test_calibration.py",
+    "test_cli.py", "test_notebooks.py", "test_reliability.py", "test_backend_jax.py",
+    "test_quality.py", "test_calibration.py", "test_benchmarks.py", "test_precision.py",
+    "test_distribute.py", "test_guidance.py",
 )
 
 
