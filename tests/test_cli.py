@@ -455,6 +455,9 @@ def test_sample_guides_a_unet_with_perturbed_attention_by_default(tmp_path):
     for given, denoise_at in (([], 1), (["--denoise-at", "0"], None), (["--denoise-at", "7"], 7)):
         args = parser.parse_args(["sample", "unet.keras", *given])
         assert sampling_options.sampling_kwargs(args, model)["denoise_at"] == denoise_at
+    too_late = parser.parse_args(["sample", "m.keras", "--denoise-at", "21"])
+    with pytest.raises(cli.common.CommandError, match="--denoise-at must be a timestep in 0..T"):
+        sampling_options.sampling_kwargs(too_late, model)
 
 
 # --- errors ------------------------------------------------------------------------------

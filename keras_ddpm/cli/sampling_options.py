@@ -190,7 +190,8 @@ def guidance_options(model, labels, guidance_scale=None, attention_guidance=None
 
 def denoise_option(model, denoise_at=None):
     """`DiffusionModel.sample`'s `denoise_at` for a --denoise-at value: None is
-    `DENOISE_AT_FRACTION` of the model's T (at least 1), 0 is off (None).
+    `DENOISE_AT_FRACTION` of the model's T (at least 1), 0 is off (None); above T, a
+    `common.CommandError`.
 
     Example:
     >>> class Model:
@@ -200,6 +201,10 @@ def denoise_option(model, denoise_at=None):
     """
     if denoise_at is None:
         return max(1, round(model.T * DENOISE_AT_FRACTION))
+    if denoise_at > model.T:
+        raise common.CommandError(
+            f"--denoise-at must be a timestep in 0..T = 0..{model.T} (0 is off), got {denoise_at}"
+        )
     return denoise_at or None
 
 
