@@ -230,11 +230,11 @@ def _add_optimization_arguments(train):
         choices=common.PRECISIONS,
         default="auto",
         help="Keras dtype policy of a new network: mixed_bfloat16 computes in bfloat16 "
-        "with float32 weights, output and loss (faster on GPUs and on CPUs with AVX-512 "
-        "BF16 or AMX, much slower on other CPUs, see BENCHMARKS.md), mixed_float16 adds "
-        "loss scaling (GPUs only); auto picks mixed_bfloat16 on a GPU of compute "
-        "capability >= 8.0 or a CPU with avx512_bf16 or amx_bf16, float32 elsewhere, and "
-        "keeps the --init model's own; sampling uses the same",
+        "with float32 weights, output and loss (faster on GPUs and, under TensorFlow, on "
+        "CPUs with AVX-512 BF16 or AMX, much slower on other CPUs, see BENCHMARKS.md), "
+        "mixed_float16 adds loss scaling (GPUs only); auto picks mixed_bfloat16 on a GPU of "
+        "compute capability >= 8.0 or, under TensorFlow, a CPU with avx512_bf16 or amx_bf16, "
+        "float32 elsewhere, and keeps the --init model's own; sampling uses the same",
     )
     optimization.add_argument(
         "--jit-compile",
