@@ -52,10 +52,10 @@ def sampling_conditions(num_classes, n, seed, guidance_scales, attention_scales=
     attention = [(f"{sep}pag{scale:g}", {"attention_guidance": scale}) if scale else ("", {})
                  for scale in attention_scales]
     denoising = [(f"{sep}dn{t}", {"denoise_at": t}) if t else ("", {}) for t in denoise_at]
-    attention = [(a + d, {**a_options, **d_options})
-                 for a, a_options in attention for d, d_options in denoising]
+    variants = [(a + d, {**a_options, **d_options})
+                for a, a_options in attention for d, d_options in denoising]
     if num_classes is None:
-        return attention
+        return variants
     labels = np.random.default_rng(seed).permutation(np.arange(n) % num_classes)
     return [(f"{sep}w{scale:g}{suffix}", {"labels": labels, "guidance_scale": scale, **options})
-            for scale in guidance_scales for suffix, options in attention]
+            for scale in guidance_scales for suffix, options in variants]

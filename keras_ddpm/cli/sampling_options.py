@@ -188,22 +188,20 @@ def guidance_options(model, labels, guidance_scale=None, attention_guidance=None
     return {"guidance_scale": guidance_scale, "attention_guidance": attention_guidance}
 
 
-def denoise_option(model, denoise_at=None):
-    """`DiffusionModel.sample`'s `denoise_at` for a --denoise-at value: None is
-    `DENOISE_AT_FRACTION` of the model's T (at least 1), 0 is off (None); above T, a
+def denoise_option(T, denoise_at=None):
+    """`DiffusionModel.sample`'s `denoise_at` for a --denoise-at value and a model's `T`:
+    None is `DENOISE_AT_FRACTION` of T (at least 1), 0 is off (None); above T, a
     `common.CommandError`.
 
     Example:
-    >>> class Model:
-    ...     T = 1000
-    >>> denoise_option(Model()), denoise_option(Model(), 0), denoise_option(Model(), 30)
+    >>> denoise_option(1000), denoise_option(1000, 0), denoise_option(1000, 30)
     (50, None, 30)
     """
     if denoise_at is None:
-        return max(1, round(model.T * DENOISE_AT_FRACTION))
-    if denoise_at > model.T:
+        return max(1, round(T * DENOISE_AT_FRACTION))
+    if denoise_at > T:
         raise common.CommandError(
-            f"--denoise-at must be a timestep in 0..T = 0..{model.T} (0 is off), got {denoise_at}"
+            f"--denoise-at must be a timestep in 0..T = 0..{T} (0 is off), got {denoise_at}"
         )
     return denoise_at or None
 
@@ -236,7 +234,7 @@ def sampling_kwargs(args, model=None, labels=None):
     if model is not None:
         kwargs.update(guidance_options(model, labels, args.guidance_scale,
                                        args.attention_guidance))
-        kwargs["denoise_at"] = denoise_option(model, args.denoise_at)
+        kwargs["denoise_at"] = denoise_option(model.T, args.denoise_at)
     return kwargs
 
 

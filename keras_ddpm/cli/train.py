@@ -382,10 +382,7 @@ def run(args):
     # Every setting and output folder is checked before the slow work starts.
     if args.sample_steps is not None and args.sample_steps > args.T:
         raise common.CommandError(f"--sample-steps must be in 1..T = 1..{args.T}, got {args.sample_steps}")
-    if args.denoise_at is not None and args.denoise_at > args.T:
-        raise common.CommandError(
-            f"--denoise-at must be a timestep in 0..T = 0..{args.T} (0 is off), got {args.denoise_at}"
-        )
+    sampling_options.denoise_option(args.T, args.denoise_at)  # Checks it.
     if args.attention_guidance and args.network == "naive":
         raise common.CommandError(
             "--attention-guidance needs a network with self-attention (--network unet); "
@@ -501,7 +498,7 @@ def _write_outputs(args, model, history, out_dir):
     labels = classes_in_turn(model, args.n_samples)
     images = model.sample(
         args.n_samples, steps=steps, eta=args.eta, seed=args.seed, clip_x0=args.clip_x0,
-        labels=labels, denoise_at=sampling_options.denoise_option(model, args.denoise_at),
+        labels=labels, denoise_at=sampling_options.denoise_option(model.T, args.denoise_at),
         **sampling_options.guidance_options(model, labels, None, args.attention_guidance),
     )
     plotting.save_image_grid(images, paths["samples"])
@@ -656,7 +653,7 @@ def _train_callbacks(args, model, out_dir):
             log_dir=args.log_dir,
             labels=labels,
             eta=args.eta,
-            denoise_at=sampling_options.denoise_option(model, args.denoise_at),
+            denoise_at=sampling_options.denoise_option(model.T, args.denoise_at),
             **sampling_options.guidance_options(model, labels, None, args.attention_guidance),
         )
     )
