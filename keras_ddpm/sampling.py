@@ -310,7 +310,9 @@ def compile_function(fn, jit_compile=False, variables=(), any_leading_size=False
             return tf.TensorSpec([None] + value.shape.as_list()[1:], value.dtype)
 
         def call(*args):
-            if function.experimental_get_tracing_count() == 0:
+            # Under `tf.config.run_functions_eagerly(True)` `fn` runs untraced: no trace.
+            eager = tf.config.functions_run_eagerly()
+            if function.experimental_get_tracing_count() == 0 and not eager:
                 function.get_concrete_function(*tf.nest.map_structure(any_size, args))
             return function(*args)
 

@@ -201,6 +201,28 @@ def test_default_samplers_and_objects_give_the_same_images():
     )
 
 
+def test_compiled_loop_traces_once_for_any_size_and_not_at_all_when_run_eagerly():
+    """`compile_function(any_leading_size=True)`: one trace serves every first size; under
+    `tf.config.run_functions_eagerly(True)` (tests/helpers.py) nothing is traced, the
+    function runs as is (its Python body once per call, not once more for a trace)."""
+    from helpers import eager_functions
+
+    calls = []
+
+    def total(x):
+        calls.append(x.shape[0])
+        return ops.sum(x)
+
+    compiled = sampling.compile_function(total, any_leading_size=True)
+    assert [int(compiled(ops.ones(n))) for n in (3, 5, 2)] == [3, 5, 2]
+    assert calls == [None]  # one trace, for any size
+    calls.clear()
+    eager = sampling.compile_function(total, any_leading_size=True)
+    with eager_functions():
+        assert [int(eager(ops.ones(n))) for n in (3, 5)] == [3, 5]
+    assert calls == [3, 5]
+
+
 # --- timestep spacings ------------------------------------------------------------------
 
 
