@@ -138,7 +138,7 @@ def parse_args(argv=None):
                         "(keras_ddpm.guidance), each with each guidance scale (default: 0, off)")
     parser.add_argument("--denoise-at", nargs="+", type=int, default=[0], metavar="T",
                         help="final denoising timesteps (DiffusionModel.sample's denoise_at; "
-                        "`keras-ddpm sample` uses T/20), each with each guidance scale "
+                        "`keras-ddpm sample` uses 0.07 T), each with each guidance scale "
                         "(default: 0, off)")
     parser.add_argument("--n", type=int, default=500, help="samples per row (and real images)")
     parser.add_argument("--epochs", type=int, default=None,

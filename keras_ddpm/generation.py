@@ -126,7 +126,7 @@ def check_denoise_at(denoise_at, T):
         or not 1 <= denoise_at <= T
     ):
         raise ValueError(
-            f"denoise_at must be a timestep in 1..{T} ({max(1, T // 20)} is a good start) "
+            f"denoise_at must be a timestep in 1..{T} ({max(1, round(0.07 * T))} is a good start) "
             f"or None (off), got {denoise_at!r}."
         )
     return int(denoise_at)

@@ -230,7 +230,7 @@ def test_train_writes_model_samples_and_history(trained_run):
     # 4 images of 32x32 in a 2x2 grid with 2-pixel borders: 2 + 2 * (32 + 2) = 70.
     _assert_png(samples_path, 70, 70)
     # samples.png is the saved model's DDIM at train's default eta 1 (the run asked for 4
-    # steps), denoised once more at T / 20 = 1: not the deterministic DDIM, nor the images
+    # steps), denoised once more at 7% of T = 20, i.e. 1: not the deterministic DDIM, nor the images
     # without the final denoising.
     from keras_ddpm import plotting
 
@@ -377,7 +377,7 @@ def test_sample_without_calibration(trained_run, tmp_path):
                      "--no-calibration", "--out", str(tmp_path / "grid.png"),
                      "--npz", str(npz_path)]) == 0
     written = np.load(npz_path)["images"]
-    calibrated = model.sample(2, steps=1, seed=0, denoise_at=1)  # --denoise-at: T / 20 = 1
+    calibrated = model.sample(2, steps=1, seed=0, denoise_at=1)  # --denoise-at: 7% of T = 20: 1
     model.calibration = None
     np.testing.assert_array_equal(written, model.sample(2, steps=1, seed=0, denoise_at=1))
     assert np.abs(written - calibrated).max() > 1e-3
@@ -446,7 +446,7 @@ def test_sample_guides_a_unet_with_perturbed_attention_by_default(tmp_path):
                      "--out", str(tmp_path / "grid.png")]) == 0
     with np.load(npz) as arrays:
         default = arrays["images"]
-    # And with the final denoising at T / 20 = 1 of T = 20 (--denoise-at 0: off).
+    # And with the final denoising at 7% of T = 20, i.e. 1 (--denoise-at 0: off).
     options = {"steps": 1, "seed": 0, "verbose": 0}
     np.testing.assert_allclose(
         default, model.sample(2, attention_guidance=0.3, denoise_at=1, **options), atol=1e-5)
@@ -636,7 +636,7 @@ def test_train_conditional_with_ema_grids_then_sample_and_evaluate(tmp_path, cap
                      "--labels", "2", "--guidance-scale", "3", "--out", str(out),
                      "--npz", str(tmp_path / "s.npz")]) == 0
     saved = np.load(tmp_path / "s.npz")["images"]
-    np.testing.assert_array_equal(  # With the command line's final denoising at T / 20 = 1.
+    np.testing.assert_array_equal(  # With the command line's final denoising at 7% of T = 20: 1.
         saved, model.sample(3, steps=2, seed=0, labels=2, guidance_scale=3.0, denoise_at=1)
     )
     message = _run_error(["sample", str(out_dir / "model.keras"), "--labels", "3", "--steps", "4",
