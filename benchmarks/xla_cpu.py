@@ -11,11 +11,15 @@ apart. Then each copy draws `--n` images with the command line's sampler
 (DDIM-50 at eta 1, with its default guidance), in turns again.
 
 The table gives the median images/s of training and seconds of sampling, and
-their ratios (XLA / no XLA; above 1 is faster with XLA for training). On the
+their ratios (XLA / no XLA; above 1 is faster with XLA for training). With
+several `--precisions` (e.g. `auto float32` on a CPU with AVX-512 BF16, where
+`auto` is mixed bfloat16), every copy of a network takes its turn in the same
+rounds, and a note names the fastest training of each network. On the
 TensorFlow backend only: the JAX backend always compiles with XLA.
 
 Usage:
     python benchmarks/xla_cpu.py                 # the defaults: 6 rounds of 64 steps
+    python benchmarks/xla_cpu.py --networks unet --precisions auto float32
     python benchmarks/xla_cpu.py --quick         # smoke test: tiny networks, 1 round
 """
 
@@ -42,6 +46,8 @@ QUICK_NETWORKS = {"unet": ["--widths", "8,16", "--patch-size", "1"],
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--networks", nargs="+", choices=tuple(NETWORKS), default=list(NETWORKS))
+    parser.add_argument("--precisions", nargs="+", choices=cli.common.PRECISIONS,
+                        default=["auto"], help="--precision of each copy (default: auto)")
     parser.add_argument("--steps", type=int, default=64, help="training steps per copy and round")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--n", type=int, default=16, help="images sampled per copy and round")
@@ -53,9 +59,10 @@ def parse_args(argv=None):
     return args
 
 
-def train_args(network, quick):
+def train_args(network, quick, precision="auto"):
     """`keras-ddpm train`'s parsed arguments for one network row."""
-    argv = ["train", "--out", "unused", *(QUICK_NETWORKS if quick else NETWORKS)[network]]
+    argv = ["train", "--out", "unused", "--precision", precision,
+            *(QUICK_NETWORKS if quick else NETWORKS)[network]]
     return cli.build_parser().parse_args(argv)
 
 
@@ -74,38 +81,60 @@ def time_call(function):
 
 
 def measure(network, options):
-    """`{jit: {"first_s", "images_per_s": [...], "sample_s": [...]}}` for one network."""
-    args = train_args(network, options.quick)
-    batches = data.load_dataset("shapes", batch_size=args.batch_size, with_labels=True,
-                                seed=0).take(options.steps)
-    results = {}
-    models = {}
-    for jit in (False, True):
-        models[jit] = compiled_copy(args, jit, options.steps)
-        first = time_call(lambda m=models[jit]: m.fit(batches, epochs=1, verbose=0))
-        results[jit] = {"first_s": first, "images_per_s": [], "sample_s": []}
-        bench_core.log(f"{network}, XLA {'on' if jit else 'off'}: first fit {first:.1f} s")
+    """`{(precision, jit): {"first_s", "images_per_s": [...], "sample_s": [...]}}`.
+
+    Every copy of `network` (each of `options.precisions`, XLA off and on) fits
+    and samples in turn, round after round.
+    """
+    results, models = {}, {}
+    for precision in options.precisions:
+        args = train_args(network, options.quick, precision)
+        batches = data.load_dataset("shapes", batch_size=args.batch_size, with_labels=True,
+                                    seed=0).take(options.steps)
+        for jit in (False, True):
+            model = compiled_copy(args, jit, options.steps)
+            first = time_call(lambda m=model: m.fit(batches, epochs=1, verbose=0))
+            models[precision, jit] = model, batches
+            results[precision, jit] = {"first_s": first, "images_per_s": [], "sample_s": []}
+            bench_core.log(f"{network} {model.dtype_policy.name}, XLA {'on' if jit else 'off'}: "
+                           f"first fit {first:.1f} s")
     images = options.steps * args.batch_size
     for round_index in range(options.rounds):
-        for jit, model in models.items():
-            seconds = time_call(lambda m=model: m.fit(batches, epochs=1, verbose=0))
-            results[jit]["images_per_s"].append(images / seconds)
+        for key, (model, batches) in models.items():
+            seconds = time_call(lambda m=model, b=batches: m.fit(b, epochs=1, verbose=0))
+            results[key]["images_per_s"].append(images / seconds)
         bench_core.log(f"{network} round {round_index}: " + ", ".join(
-            f"XLA {'on' if jit else 'off'} {r['images_per_s'][-1]:.1f} img/s"
-            for jit, r in results.items()))
+            f"{p} XLA {'on' if jit else 'off'} {r['images_per_s'][-1]:.1f} img/s"
+            for (p, jit), r in results.items()))
     labels = np.arange(options.n) % 3
     for round_index in range(options.sample_rounds + 1):  # round 0 traces: not counted
-        for jit, model in models.items():
+        for (precision, jit), (model, _) in models.items():
             model.jit_compile = jit
             guidance = sampling_options.guidance_options(model, labels)
             seconds = time_call(lambda m=model, g=guidance: m.sample(
                 options.n, steps=50, sampler="ddim", eta=1.0, labels=labels, seed=1,
                 verbose=0, **g))
             if round_index:
-                results[jit]["sample_s"].append(seconds)
-            bench_core.log(f"{network} sampling {options.n}, XLA {'on' if jit else 'off'}: "
-                           f"{seconds:.1f} s")
-    return results
+                results[precision, jit]["sample_s"].append(seconds)
+            bench_core.log(f"{network} {precision} sampling {options.n}, "
+                           f"XLA {'on' if jit else 'off'}: {seconds:.1f} s")
+    return results, {p: models[p, False][0].dtype_policy.name for p in options.precisions}
+
+
+def fastest_training(network, results, policies):
+    """A note naming the fastest copy's training and its speed over each other copy's.
+
+    Example:
+    >>> r = {("auto", False): {"images_per_s": [300.0]}, ("auto", True): {"images_per_s": [400.0]}}
+    >>> fastest_training("unet", r, {"auto": "mixed_bfloat16"})
+    'unet: fastest training mixed_bfloat16 XLA on (400.0 img/s): 1.33x mixed_bfloat16 XLA off'
+    """
+    speeds = {f"{policies[p]} XLA {'on' if jit else 'off'}": statistics.median(r["images_per_s"])
+              for (p, jit), r in results.items()}
+    best = max(speeds, key=speeds.get)
+    others = ", ".join(f"{speeds[best] / v:.2f}x {name}" for name, v in speeds.items()
+                       if name != best)
+    return f"{network}: fastest training {best} ({speeds[best]:.1f} img/s): {others}"
 
 
 def table_rows(network, results):
@@ -131,12 +160,16 @@ def main(argv=None):
         sys.exit("xla_cpu.py: run it on the TensorFlow backend (JAX always compiles with XLA)")
     info = bench_core.machine_info()
     start, cpu_start = time.perf_counter(), bench_core.busy_cpu_seconds()
-    rows = []
+    rows, fastest = [], []
     for network in options.networks:
-        rows += table_rows(network, measure(network, options))
+        results, policies = measure(network, options)
+        for precision, policy in policies.items():
+            label = network if options.precisions == ["auto"] else f"{network} {policy}"
+            rows += table_rows(label, {jit: results[precision, jit] for jit in (False, True)})
+        fastest.append(fastest_training(network, results, policies))
     bench_core.finish_info(info, start, cpu_start)
     notes = [f"{options.rounds} rounds of {options.steps} steps at batch 16, turn by turn; "
-             f"sampling {options.n} images, {options.sample_rounds} rounds"]
+             f"sampling {options.n} images, {options.sample_rounds} rounds", *fastest]
     bench_core.report(info, rows, ("Network", "Measure", "XLA", "No XLA", "Ratio", "Note"),
                       "llrrrl", notes)
 

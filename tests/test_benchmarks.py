@@ -102,3 +102,19 @@ def test_xla_benchmark_table_gives_medians_and_ratios():
     assert rows["training images/s (median)"][2:5] == ["180.0", "100.0", "1.80x"]
     assert rows["first fit s (tracing, compiling)"][4] == "2.00x"
     assert rows["sampling s, DDIM-50 (median)"][2:5] == ["2.00", "4.00", "2.00x"]
+
+
+def test_xla_benchmark_names_the_fastest_training_over_precisions():
+    """With several precisions, the note names the copy with the highest median training
+    speed and its ratio over every other copy."""
+    import xla_cpu
+
+    results = {("auto", False): {"images_per_s": [280.0, 290.0, 100.0]},
+               ("auto", True): {"images_per_s": [380.0, 390.0, 385.0]},
+               ("float32", False): {"images_per_s": [280.0]},
+               ("float32", True): {"images_per_s": [420.0, 400.0, 410.0]}}
+    note = xla_cpu.fastest_training("unet", results,
+                                    {"auto": "mixed_bfloat16", "float32": "float32"})
+    assert note == ("unet: fastest training float32 XLA on (410.0 img/s): "
+                    "1.46x mixed_bfloat16 XLA off, 1.06x mixed_bfloat16 XLA on, "
+                    "1.46x float32 XLA off")
