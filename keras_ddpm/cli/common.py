@@ -227,7 +227,8 @@ def resolve_jit_compile(option, model):
     and samples it 1.45x faster, but trains the lecture's NaiveUnet 0.83x as fast
     (`benchmarks/xla_cpu.py`, BENCHMARKS.md). On a CPU with AVX-512 BF16 XLA trains
     the Unet in bfloat16 1.35x faster as well, but one whole run of the default was
-    not faster for it (compilation): bfloat16 keeps Keras' auto.
+    not faster for it (one run each way, the cause not traced): bfloat16 keeps Keras'
+    auto.
 
     Example:
     >>> resolve_jit_compile(False, model=None)
