@@ -286,6 +286,10 @@ def estimate(model, images, labels=None, samples_per_step=DEFAULT_SAMPLES_PER_ST
         x0 = np.concatenate([images[pool[rng.integers(0, len(pool), samples_per_step)]]
                              for pool in pools_drawn])
         noises = rng.standard_normal(x0.shape).astype(np.float32)
+        if model.noise_offset:  # The noise the model trained and samples with.
+            channels = x0.shape[-1]
+            noises += np.float32(model.noise_offset) * rng.standard_normal(
+                (len(x0), 1, 1, channels)).astype(np.float32)
         steps = np.repeat(grid[[k for k, _ in chunk]], samples_per_step).astype(np.int32)
         call_labels = None if model.num_classes is None else np.repeat(
             [pools[condition][0] for _, condition in chunk], samples_per_step).astype(np.int32)

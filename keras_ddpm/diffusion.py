@@ -90,8 +90,12 @@ class DiffusionModel(keras.Model):
         noise_offset: float >= 0. "Offset noise" (Guttenberg 2023): the
             training noise of each image gets a constant per channel,
             `noise_offset` times a standard normal draw, so the network learns
-            to correct an image whose colours are off as a whole. 0: plain
-            Gaussian noise (the lecture's).
+            to correct an image whose colours are off as a whole. Sampling
+            and `calibrate` draw their noise the same way: the forward
+            process is then a Gaussian diffusion whose noise has this
+            covariance, and the reverse process adds noise of the same kind
+            (`keras_ddpm.generation.offset_normal`). 0: plain Gaussian noise
+            (the lecture's).
         **kwargs: standard `keras.Model` arguments (`name`...).
 
     Example:
@@ -151,7 +155,7 @@ class DiffusionModel(keras.Model):
         # The reverse process (plan, chunks, compiled loop) behind sample and inpaint.
         self._sampling = sampling_api.SamplingAPI(
             self.predict_noise, self.image_shape, tables, network.variables, num_classes, variance,
-            network,
+            network, self.noise_offset,
         )
         # Mean errors taken out of the noise estimate when sampling (`calibrate`).
         self._calibration = None

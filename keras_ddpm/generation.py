@@ -49,7 +49,9 @@ def noise_seed(seed, chunk, num_steps, step=-1, draw=0):
     `(s + k, c (S + 1) + 1 + i)` (k = 0: the sampler's noise; RePaint uses
     k = 1 for the known pixels and 2 to go back a step, and 3 r + k for its
     r-th repetition). So every draw of a run is distinct and reproducible for
-    a seed, whatever happened before, and after a `.keras` reload.
+    a seed, whatever happened before, and after a `.keras` reload. With a
+    noise offset (`offset_normal`) the constants of the draw from `(a, b)`
+    come from `(a, b + OFFSET_SEED_SHIFT)`.
 
     Args:
         seed: int (or int32 tensor). The run's seed, in 0..MAX_SEED.
@@ -71,6 +73,41 @@ def noise_seed(seed, chunk, num_steps, step=-1, draw=0):
         ops.cast(value, "int32") for value in (seed, chunk, num_steps, step, draw)
     )
     return ops.stack([seed + draw, chunk * (num_steps + 1) + step + 1])
+
+
+# Added to the second entry of a draw's seed for the offsets of that draw (`offset_normal`);
+# no image draw's second entry, c (S + 1) + 1 + i, comes near it.
+OFFSET_SEED_SHIFT = 2**30
+
+
+def offset_normal(shape, seed, noise_offset=0.0, dtype="float32"):
+    """Draws of the noise of a model trained with offset noise, determined by `seed`.
+
+    Standard normal draws `(batch, H, W, C)` plus `noise_offset` times one
+    standard normal constant per image and channel: the noise whose
+    covariance `DiffusionModel(noise_offset=...)` trained with, so that the
+    reverse process adds the noise of the forward one. The constants come
+    from the seed `seed + (0, OFFSET_SEED_SHIFT)`; `noise_offset` 0 is
+    `stateless_normal` itself.
+
+    Example:
+    >>> seed = keras.ops.array([3, 0], "int32")
+    >>> plain = offset_normal((2, 4, 4, 3), seed)
+    >>> shifted = offset_normal((2, 4, 4, 3), seed, noise_offset=0.5)
+    >>> difference = keras.ops.convert_to_numpy(shifted - plain)
+    >>> bool(np.allclose(difference, difference[:, :1, :1, :], atol=1e-6))  # constant per channel
+    True
+    """
+    draws = stateless_normal(shape, seed, dtype)
+    if not noise_offset:
+        return draws
+    return draws + _offsets(shape, seed, noise_offset, dtype)
+
+
+def _offsets(shape, seed, noise_offset, dtype="float32"):
+    """`noise_offset` times the normal constants `(batch, 1, 1, C)` of `offset_normal`."""
+    seed = ops.cast(seed, "int32") + ops.convert_to_tensor(np.array([0, OFFSET_SEED_SHIFT], "int32"))
+    return ops.cast(noise_offset, dtype) * stateless_normal((shape[0], 1, 1, shape[-1]), seed, dtype)
 
 
 def check_seed(seed):
@@ -318,6 +355,9 @@ class ReverseProcess:
         variables: list of `keras.Variable`. What `denoise` reads (JAX passes
             their current values to the compiled loop).
         jit_compile: bool. TensorFlow: compile the loop with XLA.
+        noise_offset: float >= 0. Every noise draw gets this times a normal
+            constant per image and channel (`offset_normal`): the noise of a
+            model trained with `DiffusionModel(noise_offset=...)`. 0: plain.
 
     Example:
     >>> from keras_ddpm import ddpm_schedule
@@ -328,8 +368,10 @@ class ReverseProcess:
     (1, 2, 2, 1)
     """
 
-    def __init__(self, denoise, image_shape, schedule, variables=(), jit_compile=False):
+    def __init__(self, denoise, image_shape, schedule, variables=(), jit_compile=False,
+                 noise_offset=0.0):
         self.denoise = denoise
+        self.noise_offset = float(noise_offset)
         self.image_shape = tuple(image_shape)
         self.schedule = schedule
         self.variables = list(variables)
@@ -411,7 +453,7 @@ class ReverseProcess:
 
                 def draw(k):
                     step_seed = noise_seed(seed, chunk, num_steps, i, k)
-                    return stateless_normal(ops.shape(x_t), step_seed, x_t.dtype)
+                    return offset_normal(ops.shape(x_t), step_seed, self.noise_offset, x_t.dtype)
 
                 return advance(x_t, state, t, prev_t, draw, i)
 
@@ -485,6 +527,10 @@ class ReverseProcess:
                 float(np.asarray(self.schedule["alphabar_t"])[int(plan.timesteps[0])]),
                 uniform=normal_to_uniform(ops.convert_to_numpy(picks)),
             ))
+        if self.noise_offset:  # The forward noise at the first timestep, sqrt(1 - ab) eps, has them.
+            offsets = _offsets((n,) + self.image_shape, x_seed, self.noise_offset)
+            alphabar = float(np.asarray(self.schedule["alphabar_t"])[int(plan.timesteps[0])])
+            x = x + math.sqrt(1.0 - alphabar) * offsets
         state = sampler.initial_state(x)
         arrays = [ops.convert_to_tensor(a) for a in (plan.timesteps, plan.prev_timesteps)]
         recorded = {t: ops.convert_to_numpy(x) for t in plan.frame_times if t >= plan.timesteps[0]}

@@ -115,6 +115,9 @@ class SamplingAPI:
         network: `keras.Model` or None. The network behind `predict_noise`,
             checked for self-attention when a call asks for
             `attention_guidance` (None: such calls are refused).
+        noise_offset: float >= 0. The offset noise of the model's training
+            (`DiffusionModel(noise_offset=...)`), which every noise draw of
+            sampling gets too (`keras_ddpm.generation.offset_normal`).
 
     Example:
     >>> from keras_ddpm import ddpm_schedule
@@ -125,7 +128,7 @@ class SamplingAPI:
     """
 
     def __init__(self, predict_noise, image_shape, schedule, variables=(), num_classes=None,
-                 variance="beta", network=None):
+                 variance="beta", network=None, noise_offset=0.0):
         self.predict_noise = predict_noise
         self.image_shape = tuple(image_shape)
         self.schedule = schedule
@@ -134,6 +137,7 @@ class SamplingAPI:
         self.num_classes = num_classes
         self.variance = variance
         self.network = network
+        self.noise_offset = float(noise_offset)
         # generation.ReverseProcess, by (guided, attention-guided, jit_compile).
         self._processes = {}
 
@@ -318,7 +322,8 @@ class SamplingAPI:
                 return self.predict_noise(*args)
 
             self._processes[key] = generation.ReverseProcess(
-                denoise, self.image_shape, self.schedule, self.variables, jit_compile
+                denoise, self.image_shape, self.schedule, self.variables, jit_compile,
+                self.noise_offset,
             )
         return self._processes[key]
 

@@ -5,6 +5,8 @@ import keras
 from keras import ops
 
 from keras_ddpm import DiffusionModel, ddpm_schedule, generation, plotting, sampling, sampling_api
+from keras_ddpm.calibration import Calibration
+from keras_ddpm.gaussian_start import GaussianStart
 
 SHAPE = (8, 8, 1)
 K = 3  # Classes of the conditional analytic network; K is "no class".
@@ -25,13 +27,14 @@ class AnalyticNoise(keras.layers.Layer):
         return 0.3 * x_t * (1.0 + ops.reshape(t, (-1, 1, 1, 1)))
 
 
-def analytic_model(T=20, conditional=False):
+def analytic_model(T=20, conditional=False, noise_offset=0.0):
     inputs = [keras.Input(SHAPE), keras.Input((1,))]
     if conditional:
         inputs.append(keras.Input((1,), dtype="int32"))
         network = keras.Model(inputs, AnalyticConditional()(inputs))
-        return DiffusionModel(network, T=T, num_classes=K)
-    return DiffusionModel(keras.Model(inputs, AnalyticNoise()(inputs)), T=T)
+        return DiffusionModel(network, T=T, num_classes=K, noise_offset=noise_offset)
+    return DiffusionModel(keras.Model(inputs, AnalyticNoise()(inputs)), T=T,
+                          noise_offset=noise_offset)
 
 
 def guided_eps(T, w):
@@ -173,6 +176,36 @@ def test_seed_layout():
                                         ops.convert_to_tensor([9, chunk * 5], "int32"))
         np.testing.assert_array_equal(frames[10][rows], ops.convert_to_numpy(x_T))
     assert ops.convert_to_numpy(generation.noise_seed(9, 1, 4, step=2, draw=1)).tolist() == [10, 8]
+
+
+@pytest.mark.parametrize("sampler, start", [("ddpm", None), ("ddim", None), ("ddim", 12)])
+def test_a_model_trained_with_offset_noise_samples_with_it(sampler, start):
+    """With `noise_offset=s` every noise draw of sampling (x_T or the start's, and each
+    step's) gets s times a normal constant per image and channel: the analytic network is
+    linear, so the images differ from the plain model's of the same seed by a constant per
+    image and channel, and these constants spread as the offsets do."""
+    images, first = {}, {}
+    for noise_offset in (0.0, 0.5):
+        model = analytic_model(noise_offset=noise_offset)
+        if start is not None:  # A one-Gaussian start at t = 12 (mean 0, the noise's spread).
+            model.calibration = Calibration(
+                np.array([1, 20]), np.zeros((2, 1) + SHAPE), T=20,
+                start=GaussianStart(start, 20, np.zeros((1,) + SHAPE), np.zeros((1, 1, 64)),
+                                    np.zeros((1, 1)), np.zeros(1)))
+        steps = 20 if sampler == "ddpm" else 8
+        images[noise_offset], frames = model.sample(
+            256, steps=steps, sampler=sampler, eta=1.0, seed=3, clip_x0=False, verbose=0,
+            frames=[20])
+        first[noise_offset], t = frames[20], frames.sampled[20]
+    # The first images are the forward process's noise at their timestep: sqrt(1 - ab) s.
+    offsets = (first[0.5] - first[0.0]).mean(axis=(1, 2))
+    expected = 0.5 * np.sqrt(1.0 - ddpm_schedule(T=20)["alphabar_t"][t])
+    assert abs(offsets.std() / expected - 1.0) < 0.2, (offsets.std(), expected)
+    difference = images[0.5] - images[0.0]
+    constants = difference.mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(difference, np.broadcast_to(constants, difference.shape), atol=1e-4)
+    spread, pixels = constants.std(), images[0.0].std()
+    assert 0.1 * pixels < spread < 2.0 * pixels, (spread, pixels)
 
 
 # --- argument checks (issue 11) ------------------------------------------------------------
