@@ -121,9 +121,10 @@ def add_recipe_arguments(optimization):
         "--noise-offset", metavar="SCALE", type=common.non_negative_float,
         default=DEFAULTS["noise_offset"],
         help="offset noise: add SCALE times a normal draw per image and channel to the training "
-        "noise, so the network learns to correct colours that are off as a whole (on shapes "
-        "0.2 lifted five seeds' valid rate from 0.73-0.93 to 0.92-0.98 and unbalanced the "
-        "colours, BENCHMARKS.md); 0: off, the library's default",
+        "noise, so the network learns to correct colours that are off as a whole; the model "
+        "samples with the same noise (on shapes 0.2 lifted five seeds' valid rate from "
+        "0.73-0.93 to 0.92-0.98 and unbalanced the colours, BENCHMARKS.md); 0: off, the "
+        "library's default",
     )
 
 
