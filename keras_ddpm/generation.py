@@ -519,17 +519,16 @@ class ReverseProcess:
         steps = len(plan.timesteps)
         x_seed = noise_seed(seed, chunk_index, steps)
         x = stateless_normal((n,) + self.image_shape, x_seed)
+        alphabar = float(np.asarray(self.schedule["alphabar_t"])[int(plan.timesteps[0])])
         if plan.start is not None:  # The same draws, mapped to the data's Gaussian mixture.
             labels = conditions.get("labels")
             picks = stateless_normal((n,), noise_seed(seed, chunk_index, steps, draw=1))
             x = ops.convert_to_tensor(plan.start.draw(
                 ops.convert_to_numpy(x), None if labels is None else ops.convert_to_numpy(labels),
-                float(np.asarray(self.schedule["alphabar_t"])[int(plan.timesteps[0])]),
-                uniform=normal_to_uniform(ops.convert_to_numpy(picks)),
+                alphabar, uniform=normal_to_uniform(ops.convert_to_numpy(picks)),
             ))
         if self.noise_offset:  # The forward noise at the first timestep, sqrt(1 - ab) eps, has them.
             offsets = _offsets((n,) + self.image_shape, x_seed, self.noise_offset)
-            alphabar = float(np.asarray(self.schedule["alphabar_t"])[int(plan.timesteps[0])])
             x = x + math.sqrt(1.0 - alphabar) * offsets
         state = sampler.initial_state(x)
         arrays = [ops.convert_to_tensor(a) for a in (plan.timesteps, plan.prev_timesteps)]
