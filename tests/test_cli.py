@@ -422,7 +422,7 @@ def test_sample_writes_grid_frames_and_npz(trained_run, tmp_path):
 
 def test_sample_guides_a_unet_with_perturbed_attention_by_default(tmp_path):
     """A Unet model samples with --attention-guidance 0.3 (and, conditional, --guidance-scale
-    1.5) unless told otherwise; NaiveUnet never."""
+    1.25) unless told otherwise; NaiveUnet never."""
     from keras_ddpm.cli import sampling_options
 
     rng = np.random.default_rng(3)
@@ -435,7 +435,7 @@ def test_sample_guides_a_unet_with_perturbed_attention_by_default(tmp_path):
     naive = keras_ddpm.DiffusionModel(keras_ddpm.NaiveUnet((32, 32, 3), n_feat=8), T=20)
     options = sampling_options.guidance_options
     assert options(model, None) == {"guidance_scale": None, "attention_guidance": 0.3}
-    assert options(model, [0, 1]) == {"guidance_scale": 1.5, "attention_guidance": 0.3}
+    assert options(model, [0, 1]) == {"guidance_scale": 1.25, "attention_guidance": 0.3}
     assert options(model, [0], 3.0, 0.0) == {"guidance_scale": 3.0, "attention_guidance": 0.0}
     assert options(naive, [0, 1]) == {"guidance_scale": None, "attention_guidance": None}
 
