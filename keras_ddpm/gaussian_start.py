@@ -281,9 +281,8 @@ def _groups(rows, clusters):
     centred = rows - rows.mean(axis=0)
     directions, _ = _principal(centred, min(CLUSTER_DIMENSIONS, centred.shape[1], len(rows) - 1))
     points = centred @ directions.T
-    runs = [_kmeans(points, clusters, np.random.default_rng(seed))
-            for seed in range(KMEANS_STARTS)]
-    assignment, _ = min(runs, key=lambda run: run[1])
+    assignment, _ = min((_kmeans(points, clusters, np.random.default_rng(seed))
+                         for seed in range(KMEANS_STARTS)), key=lambda run: run[1])
     return [np.flatnonzero(assignment == k) for k in range(clusters) if np.any(assignment == k)]
 
 
