@@ -383,7 +383,7 @@ def test_sample_without_calibration(trained_run, tmp_path):
     assert np.abs(written - calibrated).max() > 1e-3
 
 
-def test_sample_writes_grid_frames_and_npz(trained_run, tmp_path):
+def test_sample_writes_grid_frames_and_npz(trained_run, tmp_path, capsys):
     out_dir, _ = trained_run
     out_path = tmp_path / "new" / "grid.png"
     npz_path = tmp_path / "raw.npz"
@@ -418,6 +418,9 @@ def test_sample_writes_grid_frames_and_npz(trained_run, tmp_path):
         assert arrays["frames"].shape == (3, 4, 32, 32, 3)
         # The frame at t = 0 is the final sample.
         np.testing.assert_array_equal(arrays["frames"][-1], arrays["images"])
+    # The command says where the moved frames were recorded, the one at t = 0 left out.
+    assert ("(the first at or below each one asked for): t = 20 -> 12, t = 5 -> 4.\n"
+            in capsys.readouterr().out)
 
 
 def test_sample_guides_a_unet_with_perturbed_attention_by_default(tmp_path):
