@@ -38,7 +38,8 @@ def add_parser(subparsers):
         help="comma-separated timesteps, e.g. 1000,200,50,0: also plot the first image "
         "at those steps, as a strip in <stem of --out>_frames.png beside --out; each "
         "is recorded at the first sampled timestep at or below it (a model that train "
-        "calibrated starts at 0.76 T), and the command says where it moved one (default: no strip)",
+        "calibrated starts at 0.76 T), and the command says where it moved one "
+        "(default: no strip)",
     )
     sample.add_argument(
         "--npz",
@@ -116,7 +117,8 @@ def run(args):
     plotting.save_image_grid(images, paths["samples"])
     if frames is not None:
         plotting.plot_frames(frames, index=0).savefig(paths["frames"])
-        moved = {t: frames.sampled[t] for t in sorted(frames, reverse=True) if frames.sampled[t] != t}
+        moved = {t: frames.sampled[t] for t in sorted(frames, reverse=True)
+                 if frames.sampled[t] != t}
         if moved:  # Above a calibrated model's start, or between strided steps.
             print("Frames at the sampled timesteps (the first at or below each one asked for): "
                   + ", ".join(f"t = {t} -> {s}" for t, s in moved.items()) + ".")
