@@ -117,15 +117,14 @@ def run(args):
     plotting.save_image_grid(images, paths["samples"])
     if frames is not None:
         plotting.plot_frames(frames, index=0).savefig(paths["frames"])
-        moved = {t: frames.sampled[t] for t in sorted(frames, reverse=True)
-                 if frames.sampled[t] != t}
+        timesteps = sorted(frames, reverse=True)
+        moved = {t: frames.sampled[t] for t in timesteps if frames.sampled[t] != t}
         if moved:  # Above a calibrated model's start, or between strided steps.
             print("Frames at the sampled timesteps (the first at or below each one asked for): "
                   + ", ".join(f"t = {t} -> {s}" for t, s in moved.items()) + ".")
     if args.npz is not None:
         arrays = {"images": images}
         if frames is not None:
-            timesteps = sorted(frames, reverse=True)
             arrays["frame_timesteps"] = np.array(timesteps, dtype=np.int32)
             # Where each frame was recorded: the first sampled timestep <= the one asked for.
             arrays["frame_sampled_timesteps"] = np.array(
